@@ -1,0 +1,1 @@
+"""stn: spatial-transformer and attention-crop models."""
