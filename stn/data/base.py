@@ -28,9 +28,17 @@ BatchTransform = Callable[[Batch, torch.Generator], Batch]
 class DataMissingError(RuntimeError):
     """The dataset files are not where we looked and could not be downloaded."""
 
-    def __init__(self, name: str, folder: Path, hint: str, cause: Optional[BaseException] = None):
+    def __init__(
+        self,
+        name: str,
+        folder: Path,
+        hint: str,
+        cause: Optional[BaseException] = None,
+        downloadable: bool = True,
+    ):
         msg = (
-            f"{name} not found in {folder} and it could not be downloaded"
+            f"{name} not found in {folder}"
+            + (" and it could not be downloaded" if downloadable else "")
             + (f" ({type(cause).__name__}: {cause})" if cause else "")
             + f".\n{hint}\nSet the data folder with `paths.data_dir=<folder>` or the environment "
             "variable STN_DATA_DIR."

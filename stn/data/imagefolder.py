@@ -1,0 +1,476 @@
+"""Any class-per-folder image dataset, decoded once into memory (and cached), or streamed if too big.
+
+Layout (the torchvision ``ImageFolder`` one, per split)::
+
+    <data_dir>/train/<class>/*.{jpg,png,...}
+    <data_dir>/test/<class>/...
+    <data_dir>/val/<class>/...        optional; else ``val_size`` is held out of train/
+
+Class names are the sorted folder names of ``train/``. When the decoded images fit in
+``max_memory_gb`` they become one uint8 tensor per split, handled like MNIST and CIFAR-10
+(:class:`~stn.data.base.TensorLoader`); with ``cache_dir`` that tensor is saved to a ``.pt`` file
+keyed by the folder, the preprocessing options and every file's name, size and mtime, so a second
+run skips decoding and a changed folder is decoded again. Otherwise a
+``torch.utils.data.DataLoader`` with workers decodes batches on the fly (:class:`StreamLoader`),
+yielding the same batch dicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms.v2 import functional as TF
+
+from .augment import CropFlip
+from .base import Batch, BatchTransform, DataMissingError, TensorDataModule, TensorSplit, _mix
+
+log = logging.getLogger(__name__)
+
+try:  # torchvision's decoders are ~4x faster than PIL on small JPEGs; PIL takes over without them
+    from torchvision.io import ImageReadMode, decode_image, read_file
+except ImportError:  # pragma: no cover
+    decode_image = None
+# torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still work, and a
+# failure (or this warning raised as an error) falls back to PIL.
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+)
+
+Size = Union[int, Sequence[int]]
+Samples = List[Tuple[str, int]]
+_CACHE_VERSION = 1
+_LAYOUT_HINT = (
+    "Expected <data_dir>/train/<class>/<image> and <data_dir>/test/<class>/<image> "
+    "(optionally <data_dir>/val/<class>/<image>), one folder per class, like torchvision ImageFolder; "
+    "point `data.data_dir=<folder>` at the folder holding train/ and test/."
+)
+
+
+def _pair(size: Optional[Size], name: str) -> Optional[Tuple[int, int]]:
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return (size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"{name} must be an int or [height, width], got {size}")
+    return size
+
+
+def _default_workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        n = os.cpu_count() or 1
+    return min(n, 8)
+
+
+class ImageDecoder:
+    """File path -> uint8 (C, H, W): decode, optionally resize, then fit to ``image_size``.
+
+    Args:
+        channels: 1 (grey) or 3 (RGB); other modes (palette, alpha, CMYK) are converted.
+        image_size: final (H, W), reached by ``center_crop`` or by resizing; None keeps the size.
+        resize: resize first: an int sets the shorter side (keeping the aspect ratio), a pair sets
+            (H, W); None: no first resize.
+        center_crop: reach ``image_size`` by a center crop instead of a resize.
+    """
+
+    def __init__(
+        self,
+        channels: int = 3,
+        image_size: Optional[Size] = None,
+        resize: Optional[Size] = None,
+        center_crop: bool = False,
+    ) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        self.channels = channels
+        self.image_size = _pair(image_size, "image_size")
+        self.resize = resize if resize is None or isinstance(resize, int) else _pair(resize, "resize")
+        self.center_crop = center_crop
+
+    def options(self) -> dict:
+        return {
+            "channels": self.channels,
+            "image_size": self.image_size,
+            "resize": self.resize,
+            "center_crop": self.center_crop,
+        }
+
+    def decode(self, path: str) -> Tensor:
+        """The file as uint8 (channels, H, W), without resizing."""
+        if decode_image is not None:
+            try:
+                mode = ImageReadMode.RGB if self.channels == 3 else ImageReadMode.GRAY
+                return decode_image(read_file(path), mode=mode)
+            except Exception:  # a format torchvision does not decode (bmp, tiff, ppm...)
+                pass
+        from PIL import Image
+
+        with Image.open(path) as im:
+            arr = np.array(im.convert("RGB" if self.channels == 3 else "L"))
+        img = torch.from_numpy(arr)
+        return img.permute(2, 0, 1) if img.dim() == 3 else img[None]
+
+    def __call__(self, path: str) -> Tensor:
+        img = self.decode(path)
+        if self.resize is not None:
+            img = TF.resize(img, self.resize, antialias=True)
+        if self.image_size is not None and tuple(img.shape[-2:]) != self.image_size:
+            if self.center_crop:
+                img = TF.center_crop(img, list(self.image_size))
+            else:
+                img = TF.resize(img, list(self.image_size), antialias=True)
+        return img.contiguous()
+
+
+def decode_files(paths: Sequence[str], decoder: Callable[[str], Tensor], num_threads: int = 1) -> Tensor:
+    """Decode image files in parallel threads into one uint8 tensor (N, C, H, W)."""
+    if not paths:
+        raise ValueError("no image files to decode")
+    first = decoder(paths[0])
+    out = torch.empty((len(paths), *first.shape), dtype=torch.uint8)
+    out[0] = first
+
+    def work(start: int) -> None:
+        for i in range(start, min(start + chunk, len(paths))):
+            img = decoder(paths[i])
+            if img.shape != first.shape:
+                raise ValueError(
+                    f"{paths[i]} decodes to {tuple(img.shape)} but {paths[0]} to {tuple(first.shape)}: "
+                    "set image_size (with resize/center_crop) to bring all images to one size"
+                )
+            out[i] = img
+
+    chunk = 256
+    with ThreadPoolExecutor(max(1, num_threads)) as pool:
+        list(pool.map(work, range(1, len(paths), chunk)))  # list(): re-raise worker errors
+    return out
+
+
+class _FileDataset(Dataset):
+    def __init__(self, samples: Samples, decoder: ImageDecoder) -> None:
+        self.samples, self.decoder = samples, decoder
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Tuple[Tensor, int]:
+        path, label = self.samples[i]
+        return self.decoder(path), label
+
+
+class StreamLoader:
+    """Batches decoded on the fly by DataLoader workers, as the same dicts :class:`TensorLoader` makes.
+
+    Only for data that does not fit in memory. Shuffling and sharding use a
+    :class:`~torch.utils.data.DistributedSampler` seeded by ``(seed, epoch)``, so every rank runs
+    the same number of batches; the batched ``transform`` (augmentation, float conversion) runs on
+    ``device`` with a generator seeded like :class:`TensorLoader`'s.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        transform: Optional[BatchTransform] = None,
+        seed: int = 0,
+        device: Optional[torch.device] = None,
+        epoch_fn: Optional[Callable[[], int]] = None,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+    ) -> None:
+        from .base import to_float
+
+        self.device = torch.device(device or "cpu")
+        self.transform = transform or to_float
+        self.seed, self.epoch_fn, self.rank = seed, epoch_fn, rank
+        self.sampler = DistributedSampler(dataset, world_size, rank, shuffle=shuffle, seed=seed)
+        self.loader = DataLoader(
+            dataset,
+            batch_size,
+            sampler=self.sampler,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=num_workers > 0,
+        )
+        self._calls = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch_fn() if self.epoch_fn is not None else self._calls
+        self._calls += 1
+        self.sampler.set_epoch(epoch)
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(_mix(self.seed, epoch, self.rank))
+        for images, labels in self.loader:
+            batch = {
+                "image": images.to(self.device, non_blocking=True),
+                "label": labels.to(self.device, non_blocking=True),
+            }
+            yield self.transform(batch, gen)
+
+
+class ImageFolderDataModule(TensorDataModule):
+    """Images in class folders, ``train/``, ``test/`` and optionally ``val/`` under ``data_dir``.
+
+    Args:
+        data_dir: the folder holding ``train/`` and ``test/``.
+        batch_size, eval_batch_size, seed, device: as in :class:`~stn.data.base.TensorDataModule`.
+        val_size: without a ``val/`` folder, the number (int) or fraction (float < 1) of training
+            images held out for validation (0: validate on ``test/``).
+        image_size: final (H, W) of every image (int: square); None keeps the files' size, which
+            must then be the same for all.
+        resize: first resize: int = shorter side (aspect kept), [H, W] = exact; None: none.
+        center_crop: reach ``image_size`` by a center crop (after ``resize``) instead of a resize.
+        channels: 1 (grey) or 3 (RGB).
+        mean, std: per-channel normalization for models; None: computed from the training split.
+        crop_padding, padding_mode, flip: training augmentation, see
+            :class:`~stn.data.augment.CropFlip` (default: none).
+        cache_dir: folder for decoded ``.pt`` caches; None: decode every time.
+        max_memory_gb: decode into memory only when all splits together fit in this; else stream.
+        num_workers: decoding threads (in memory) or DataLoader workers (streaming); None: CPU
+            count, at most 8.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 128,
+        eval_batch_size: Optional[int] = None,
+        val_size: Union[int, float] = 0.1,
+        seed: int = 0,
+        device: str = "auto",
+        image_size: Optional[Size] = None,
+        resize: Optional[Size] = None,
+        center_crop: bool = False,
+        channels: int = 3,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+        crop_padding: int = 0,
+        padding_mode: str = "reflect",
+        flip: bool = False,
+        cache_dir: Optional[str] = None,
+        max_memory_gb: float = 8.0,
+        num_workers: Optional[int] = None,
+    ) -> None:
+        super().__init__(data_dir, batch_size, eval_batch_size, 0, seed, False, device)
+        if val_size < 0 or (isinstance(val_size, float) and val_size >= 1):
+            raise ValueError(f"val_size must be an int >= 0 or a fraction in [0, 1), got {val_size}")
+        self.val_size = val_size
+        self.decoder = ImageDecoder(channels, image_size, resize, center_crop)
+        for name, v in (("mean", mean), ("std", std)):
+            if v is not None and len(v) != channels:
+                raise ValueError(f"{name} needs {channels} values (one per channel), got {list(v)}")
+        self._mean = tuple(mean) if mean is not None else None
+        self._std = tuple(std) if std is not None else None
+        self.augment = CropFlip(crop_padding, padding_mode, flip)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.max_memory_gb = max_memory_gb
+        self.num_workers = _default_workers() if num_workers is None else num_workers
+        self._classes: Optional[List[str]] = None
+        self._shape: Optional[Tuple[int, int, int]] = None
+        self.streams: Dict[str, Samples] = {}  # filled instead of ``splits`` when streaming
+        self.cache_hits: Dict[str, bool] = {}  # split -> loaded from the cache (for logs and tests)
+
+    # -- what models need to know ---------------------------------------------------------------
+    @property
+    def classes(self) -> List[str]:  # type: ignore[override]
+        if self._classes is None:
+            self._classes = find_classes(self._folder("train"))[0]
+        return self._classes
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        if self.decoder.image_size is not None:
+            return (self.decoder.channels, *self.decoder.image_size)
+        self.setup()
+        return self._shape
+
+    @property
+    def mean(self) -> Tuple[float, ...]:
+        if self._mean is None:
+            self._mean, self._std = self._stats()
+        return self._mean
+
+    @property
+    def std(self) -> Tuple[float, ...]:
+        if self._std is None:
+            self._mean, self._std = self._stats()
+        return self._std
+
+    @property
+    def has_boxes(self) -> bool:
+        return False
+
+    @property
+    def streaming(self) -> bool:
+        """Whether batches are decoded on the fly (the data did not fit in ``max_memory_gb``)."""
+        self.setup()
+        return bool(self.streams)
+
+    # -- reading --------------------------------------------------------------------------------
+    def _folder(self, split: str, required: bool = True) -> Optional[Path]:
+        folder = self.data_dir / split
+        if folder.is_dir() and any(e.is_dir() for e in os.scandir(folder)):
+            return folder
+        if not required:
+            return None
+        raise DataMissingError(
+            f"Image folder split '{split}'", folder, _LAYOUT_HINT, downloadable=False
+        )
+
+    def _samples(self, folder: Path) -> Samples:
+        class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        unknown = set(find_classes(folder)[0]) - set(class_to_idx)
+        if unknown:
+            raise ValueError(f"{folder} has class folders {sorted(unknown)} that train/ does not have")
+        samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        if not samples:
+            raise DataMissingError(
+                "Image files", folder, f"Supported extensions: {', '.join(IMG_EXTENSIONS)}. " + _LAYOUT_HINT,
+                downloadable=False,
+            )
+        return samples
+
+    def _cache_file(self, name: str, folder: Path, samples: Samples) -> Optional[Path]:
+        if self.cache_dir is None:
+            return None
+        where = json.dumps([str(folder.resolve()), self.decoder.options(), _CACHE_VERSION])
+        listing = hashlib.sha256()
+        for path, label in samples:
+            st = os.stat(path)
+            rel = os.path.relpath(path, folder)
+            listing.update(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        stem = f"{folder.parent.name}-{name}-{hashlib.sha256(where.encode()).hexdigest()[:12]}"
+        return self.cache_dir / f"{stem}-{listing.hexdigest()[:16]}.pt"
+
+    def _decode_split(self, name: str, folder: Path, samples: Samples) -> TensorSplit:
+        cache = self._cache_file(name, folder, samples)
+        labels = torch.tensor([label for _, label in samples], dtype=torch.long)
+        if cache is not None and cache.is_file():
+            try:
+                data = torch.load(cache, map_location="cpu", weights_only=True)
+                if torch.equal(data["labels"], labels):
+                    self.cache_hits[name] = True
+                    return TensorSplit(data["images"], labels)
+            except Exception as err:  # a truncated or foreign file: decode again
+                log.warning("ignoring unreadable cache %s (%s)", cache, err)
+        self.cache_hits[name] = False
+        images = decode_files([p for p, _ in samples], self.decoder, self.num_workers)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+            torch.save({"images": images, "labels": labels}, tmp)
+            os.replace(tmp, cache)  # atomic: other processes see the old state or the whole file
+            stem = cache.name.rsplit("-", 1)[0] + "-"  # same folder and options, older listing
+            for stale in cache.parent.iterdir():
+                if stale != cache and stale.name.startswith(stem) and stale.suffix == ".pt":
+                    stale.unlink(missing_ok=True)
+        return TensorSplit(images, labels)
+
+    def _val_count(self, n: int) -> int:
+        k = round(self.val_size * n) if isinstance(self.val_size, float) else int(self.val_size)
+        if k >= n:
+            raise ValueError(f"val_size={self.val_size} must be smaller than the training set ({n})")
+        return k
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.splits or self.streams:
+            return
+        folders = {"train": self._folder("train"), "val": self._folder("val", False), "test": self._folder("test")}
+        samples = {name: self._samples(f) for name, f in folders.items() if f is not None}
+        shape = (self.decoder.channels, *self.decoder.image_size) if self.decoder.image_size else None
+        if shape is None:
+            shape = tuple(self.decoder(samples["train"][0][0]).shape)
+        self._shape = shape
+        nbytes = sum(len(s) for s in samples.values()) * int(np.prod(shape))
+        # Without val/: hold out the same seeded permutation as TensorDataModule.setup, in both
+        # modes; val_size=0: validate on test/.
+        held_out: List[int] = []
+        kept: List[int] = []
+        if "val" not in samples:
+            n = len(samples["train"])
+            k = self._val_count(n)
+            if k:
+                perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
+                held_out, kept = perm[:k], perm[k:]
+        if nbytes <= self.max_memory_gb * 2**30:
+            data = {name: self._decode_split(name, folders[name], s) for name, s in samples.items()}
+            if held_out:
+                train = data["train"]
+                data["train"] = train.subset(torch.tensor(kept))
+                data["val"] = train.subset(torch.tensor(held_out))
+            self.splits = {name: data.get(name, data["test"]) for name in ("train", "val", "test")}
+        else:
+            log.info("%s: %.1f GB decoded > max_memory_gb=%s, streaming with DataLoader workers",
+                     self.data_dir, nbytes / 2**30, self.max_memory_gb)  # fmt: skip
+            if held_out:
+                train = samples["train"]
+                samples["train"] = [train[i] for i in kept]
+                samples["val"] = [train[i] for i in held_out]
+            self.streams = {name: samples.get(name, samples["test"]) for name in ("train", "val", "test")}
+
+    def _stats(self) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+        """Per-channel mean and std of the training images in [0, 1] (streaming: 2,000 of them)."""
+        self.setup()
+        if self.splits:
+            images = self.splits["train"].images
+        else:
+            train = self.streams["train"]
+            pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))[:2000]
+            images = decode_files([train[i][0] for i in pick.tolist()], self.decoder, self.num_workers)
+        # Exact, from per-channel histograms of the uint8 values: no float copy of the data.
+        values = torch.arange(256, dtype=torch.float64) / 255
+        mean, std = [], []
+        for c in range(images.shape[1]):
+            hist = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
+            hist /= hist.sum()
+            m = (hist * values).sum()
+            mean.append(m)
+            std.append(((hist * values.square()).sum() - m.square()).clamp(min=0).sqrt())
+        mean, std = torch.stack(mean), torch.stack(std)
+        return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+    # -- loaders --------------------------------------------------------------------------------
+    def train_transform(self, batch: Batch, generator: torch.Generator) -> Batch:
+        return self.augment(batch, generator)
+
+    def _loader(self, name: str, train: bool):
+        self.setup()
+        if self.splits:
+            return super()._loader(name, train)
+        trainer = self.trainer
+        return StreamLoader(
+            _FileDataset(self.streams[name], self.decoder),
+            self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            transform=self.train_transform if train else self.eval_transform,
+            seed=self.seed,
+            device=self._device(),
+            epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
+            rank=trainer.global_rank if trainer is not None and train else 0,
+            world_size=trainer.world_size if trainer is not None and train else 1,
+            num_workers=self.num_workers,
+        )

@@ -1,0 +1,101 @@
+"""MNIST from IDX files: shapes, labels, validation split, config, missing data, real counts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from stn.data import DataMissingError, MNISTDataModule, load_mnist
+
+
+def read_idx_labels(path: Path) -> np.ndarray:
+    data = path.read_bytes()
+    assert int.from_bytes(data[:4], "big") == 0x00000801
+    return np.frombuffer(data, dtype=np.uint8, offset=8)
+
+
+def rows(images: torch.Tensor) -> set[bytes]:
+    return {bytes(x.numpy().tobytes()) for x in images}
+
+
+def test_load_mnist_shapes_and_labels(tiny_mnist_dir):
+    train, test = load_mnist(tiny_mnist_dir, download=False)
+    assert train.images.shape == (6000, 1, 28, 28) and test.images.shape == (1000, 1, 28, 28)
+    assert train.images.dtype == torch.uint8 and train.labels.dtype == torch.int64
+    raw = tiny_mnist_dir / "MNIST" / "raw"
+    assert np.array_equal(train.labels.numpy(), read_idx_labels(raw / "train-labels-idx1-ubyte"))
+    assert np.array_equal(test.labels.numpy(), read_idx_labels(raw / "t10k-labels-idx1-ubyte"))
+
+
+def test_validation_split_is_seeded_and_disjoint(tiny_mnist_dir):
+    dm = MNISTDataModule(str(tiny_mnist_dir), val_size=1000, seed=1, download=False)
+    dm.setup()
+    assert [len(dm.splits[k]) for k in ("train", "val", "test")] == [5000, 1000, 1000]
+    train, val = rows(dm.splits["train"].images), rows(dm.splits["val"].images)
+    assert not train & val and len(train | val) == 6000
+    again = MNISTDataModule(str(tiny_mnist_dir), val_size=1000, seed=1, download=False)
+    again.setup()
+    assert torch.equal(again.splits["val"].images, dm.splits["val"].images)
+    other = MNISTDataModule(str(tiny_mnist_dir), val_size=1000, seed=2, download=False)
+    other.setup()
+    assert rows(other.splits["val"].images) != val
+    # no held-out split: validate on the test set
+    whole = MNISTDataModule(str(tiny_mnist_dir), val_size=0, download=False)
+    whole.setup()
+    assert whole.splits["val"] is whole.splits["test"] and len(whole.splits["train"]) == 6000
+
+
+def test_batches(tiny_mnist_dir):
+    dm = MNISTDataModule(str(tiny_mnist_dir), batch_size=64, eval_batch_size=500, val_size=1000, download=False)
+    assert dm.num_classes == 10 and dm.image_shape == (1, 28, 28) and len(dm.mean) == len(dm.std) == 1
+    train = dm.train_dataloader()
+    batch = next(iter(train))
+    assert len(train) == 5000 // 64
+    assert batch["image"].shape == (64, 1, 28, 28) and batch["image"].dtype == torch.float32
+    assert 0 <= batch["image"].min() and batch["image"].max() <= 1
+    assert set(batch) == {"image", "label"} and not dm.has_boxes
+    assert [b["image"].shape[0] for b in dm.test_dataloader()] == [500, 500]
+
+
+def test_config_builds_the_module(tiny_mnist_dir, data_config):
+    cfg = data_config("mnist", tiny_mnist_dir)
+    assert cfg._target_ == "stn.data.mnist.MNISTDataModule"
+    dm = instantiate(cfg)
+    assert isinstance(dm, MNISTDataModule) and dm.data_dir == Path(tiny_mnist_dir)
+    dm.setup()  # the config's default val_size fits the tiny set
+    assert len(dm.splits["val"]) == cfg.val_size
+
+
+def test_missing_data_names_the_folder(tmp_path):
+    with pytest.raises(DataMissingError) as err:
+        MNISTDataModule(str(tmp_path / "nowhere"), download=False).setup()
+    msg = str(err.value)
+    assert str(tmp_path / "nowhere" / "MNIST" / "raw") in msg and "train-images-idx3-ubyte" in msg
+
+
+def _real_data_dir() -> Path | None:
+    here = Path(__file__).resolve().parents[2]
+    for root in (os.environ.get("STN_DATA_DIR"), here.parent / "shared" / "data", here / "data"):
+        if root and (Path(root) / "MNIST" / "raw" / "train-labels-idx1-ubyte").is_file():
+            return Path(root)
+    return None
+
+
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(_real_data_dir() is None, reason="real MNIST not found in $STN_DATA_DIR, ../shared/data or data/")
+def test_real_mnist_has_the_official_label_counts():
+    train, test = load_mnist(_real_data_dir(), download=False)
+    assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
+    assert torch.bincount(train.labels).tolist() == TRAIN_COUNTS
+    assert torch.bincount(test.labels).tolist() == TEST_COUNTS
+    assert train.labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert test.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
