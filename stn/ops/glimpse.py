@@ -1,0 +1,173 @@
+"""Box glimpses: crop axis-aligned boxes out of images and resample them to a fixed size.
+
+Differentiable w.r.t. the images and the boxes, optionally anti-aliased. The computation is
+separable (``out = Wy @ image @ Wx^T`` with sparse interpolation matrices built from the boxes);
+see :mod:`stn.ops._separable`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from ._checks import Size2, check_images, check_size, flatten_boxes
+from ._separable import PADDING_MODES, axis_taps, separable_sample
+
+__all__ = ["glimpse"]
+
+Fill = Union[float, Sequence[float], Tensor]
+
+
+def _fill_values(fill: Fill, channels: int, like: Tensor, padding_mode: str) -> Optional[Tensor]:
+    """(C,) fill tensor, or None when it is all zeros (then nothing needs adding)."""
+    if isinstance(fill, Tensor):
+        if fill.dim() > 1 or (fill.dim() == 1 and fill.numel() not in (1, channels)):
+            raise ValueError(
+                f"fill must be a number or one value per channel ({channels}), got a tensor of shape "
+                f"{tuple(fill.shape)}"
+            )
+        if not fill.is_floating_point():
+            fill = fill.to(like.dtype)
+        constant_zero = not fill.requires_grad and fill.device.type == "cpu" and not bool(fill.any())
+        values = fill.to(dtype=like.dtype, device=like.device).reshape(-1).expand(channels)
+    elif isinstance(fill, numbers.Real):
+        constant_zero = fill == 0
+        values = torch.full((channels,), float(fill), dtype=like.dtype, device=like.device)
+    else:
+        try:
+            seq = [float(v) for v in fill]  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"fill must be a number, a sequence of numbers or a tensor, got {type(fill).__name__}"
+            ) from None
+        if len(seq) not in (1, channels):
+            raise ValueError(f"fill must be a number or one value per channel ({channels}), got {len(seq)} values")
+        constant_zero = not any(seq)
+        values = torch.tensor(seq, dtype=like.dtype, device=like.device).expand(channels)
+    if constant_zero:
+        return None
+    if padding_mode != "zeros":
+        raise ValueError(f"fill is only used with padding_mode='zeros', got padding_mode={padding_mode!r}")
+    return values
+
+
+def glimpse(
+    images: Tensor,
+    boxes: Tensor,
+    size: Size2,
+    *,
+    indices: Optional[Tensor] = None,
+    padding_mode: str = "zeros",
+    fill: Fill = 0.0,
+    antialias: bool = False,
+) -> Tensor:
+    """Crop ``boxes`` out of ``images`` and resample each to ``size`` (bilinear, optionally anti-aliased).
+
+    Coordinates: boxes are ``(x1, y1, x2, y2)`` in pixels of the image they refer to, pixel ``i``
+    spans ``[i, i + 1)``, the whole image is ``(0, 0, W, H)``. Output pixel ``(i, j)`` of an
+    ``(h, w)`` glimpse samples the image at ``(x1 + (j + 0.5) * (x2 - x1) / w,
+    y1 + (i + 0.5) * (y2 - y1) / h)``: the bin centres of
+    ``torchvision.ops.roi_align(..., sampling_ratio=1, aligned=True)``. The values are those of
+    ``F.grid_sample(images, F.affine_grid(boxes_to_theta(boxes), ...), align_corners=False)``
+    with the same ``padding_mode``, for any box, inside the image or not (and, away from the
+    image edge or with ``padding_mode="border"``, those of ``roi_align``), but the sampling is
+    separable and reads only the pixels it needs, which is faster on CPU.
+
+    Args:
+        images: (B, C, H, W) floating point images.
+        boxes: (B, 4): one glimpse per image, output (B, C, h, w);
+            (B, K, 4): K glimpses per image, output (B, K, C, h, w);
+            (N, 4) with ``indices``: glimpse ``n`` of image ``indices[n]``, output (N, C, h, w).
+            Converted to the dtype of ``images``.
+        size: ``(h, w)`` of the glimpses, or an int for square ones.
+        indices: (N,) long, the image of each box (any order, repeats allowed), or None.
+        padding_mode: value of samples outside the image, as in ``F.grid_sample``
+            (``align_corners=False``): ``"zeros"`` (the value ``fill``), ``"border"`` (the nearest
+            edge pixel) or ``"reflection"`` (mirrored about the image edges).
+        fill: with ``"zeros"``, the value of the image outside its edges: a number or one value
+            per channel (sequence or (C,) tensor, may require grad). Bilinear samples straddling the
+            edge blend image and fill exactly as if the image were padded with ``fill``.
+        antialias: when a box spans more image pixels than glimpse pixels along an axis (ratio
+            ``a = |x2 - x1| / w > 1``), each output pixel averages the image over its footprint with
+            the triangle filter of ``F.interpolate(mode="bilinear", antialias=True)`` and PIL
+            (support ``a`` pixels on each side of the sample point). Interior pixels of an
+            integer-aligned box equal ``F.interpolate(crop, size, mode="bilinear",
+            antialias=True)``; footprints reaching past the image edge see the padding, like any
+            sample. Boxes smaller than the glimpse (upsampling) are unaffected.
+
+    Returns:
+        (B, C, h, w), (B, K, C, h, w) or (N, C, h, w) glimpses, dtype and device of ``images``.
+        Differentiable w.r.t. ``images``, ``boxes`` (also with ``antialias``) and a tensor ``fill``.
+        The backward is deterministic (no atomics) on CPU and CUDA.
+
+    Special boxes:
+        * Zero-size boxes (``x1 == x2``) repeat one sample; outputs and gradients stay finite.
+        * Inverted boxes (``x2 < x1`` or ``y2 < y1``) sample the same region mirrored, exactly as
+          ``affine_grid`` with a negative scale does: glimpse(box (x2, y1, x1, y2)) is
+          glimpse(box (x1, y1, x2, y2)) flipped left-right.
+        * A box with a NaN or infinite coordinate gives an all-NaN glimpse, and nothing else: the
+          other glimpses are unaffected, and in backward the bad box's coordinates get zero
+          gradient and its image receives nothing from it, so masking such glimpses out of the
+          loss keeps every gradient finite. No exception is raised (check your boxes).
+
+    Raises:
+        TypeError: ``images`` is not a floating point tensor, ``boxes`` or ``indices`` has the
+            wrong type, ``size`` is not an int or pair.
+        ValueError: ``images`` not 4-d or empty spatially, ``boxes`` not (B, 4), (B, K, 4) or
+            (N, 4) with indices of shape (N,), ``size`` not positive, unknown ``padding_mode``,
+            ``fill`` of the wrong length or non-zero with another padding mode, tensors on
+            different devices.
+        IndexError: ``indices`` outside ``[0, B)``.
+
+    Example:
+        >>> images = torch.arange(16.0).view(1, 1, 4, 4)  # value 4 * y + x at pixel (y, x)
+        >>> glimpse(images, torch.tensor([[0.0, 0.0, 4.0, 4.0]]), 2)
+        tensor([[[[ 2.5000,  4.5000],
+                  [10.5000, 12.5000]]]])
+        >>> glimpse(images, torch.tensor([[1.0, 0.0, 3.0, 2.0]]), (1, 2))  # x in [1, 3), y in [0, 2)
+        tensor([[[[3., 4.]]]])
+        >>> glimpse(images, torch.tensor([[0.0, 0.0, 4.0, 4.0]]), 1, antialias=True, padding_mode="border")
+        tensor([[[[7.5000]]]])
+    """
+    check_images(images)
+    h, w = check_size(size)
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    batch, channels, height, width = images.shape
+    if height == 0 or width == 0:
+        raise ValueError(f"images must have at least one pixel, got shape {tuple(images.shape)}")
+    flat, idx, lead = flatten_boxes(images, boxes, indices)
+    if flat.device != images.device:
+        raise ValueError(f"boxes must be on the device of images ({images.device}), got {flat.device}")
+    fill_values = _fill_values(fill, channels, images, padding_mode)
+    flat = flat.to(images.dtype)
+    n = flat.shape[0]
+    if n == 0:
+        # Empty result that is still part of the graph, so that backward() gives zero gradients.
+        link = images.reshape(-1)[:0].sum() + flat.reshape(-1)[:0].sum()
+        if fill_values is not None:
+            link = link + fill_values[:0].sum()
+        return (images.new_zeros(*lead, channels, h, w) + link).reshape(*lead, channels, h, w)
+
+    finite = torch.isfinite(flat).all(-1)  # (N,)
+    # On CPU, skip the masking when every box is finite (the common case); on CUDA always mask
+    # rather than synchronize to find out.
+    mask_bad = flat.device.type != "cpu" or not bool(finite.all())
+    if mask_bad:
+        flat = torch.where(finite[:, None], flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
+
+    x1, y1, x2, y2 = flat.unbind(-1)
+    ky, wy = axis_taps(y1, y2, h, height, antialias=antialias, padding_mode=padding_mode)
+    kx, wx = axis_taps(x1, x2, w, width, antialias=antialias, padding_mode=padding_mode)
+    out = separable_sample(images, idx, ky, wy, kx, wx)
+    if fill_values is not None:
+        # Outside taps carry weight 0 above; they should carry `fill`: add fill * (their weight).
+        inside = wy.sum(-1)[:, :, None] * wx.sum(-1)[:, None, :]  # (N, h, w)
+        out = out + fill_values[:, None, None] * (1 - inside)[:, None]
+    if mask_bad:
+        nan = torch.full((), float("nan"), dtype=out.dtype, device=out.device)
+        out = torch.where(finite[:, None, None, None], out, nan)
+    return out.reshape(*lead, channels, h, w)
