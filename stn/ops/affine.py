@@ -22,12 +22,17 @@ from torch import Tensor
 
 from ._checks import Size2, check_box_tensor, check_images, check_size
 from .boxes import boxes_to_theta
+from .paste import _layers
 
 __all__ = ["affine_glimpse", "box_affine_theta", "box_rotation_theta"]
 
 Fill = Union[float, Sequence[float], Tensor]
 
 _PADDING_MODES = ("zeros", "border", "reflection")
+
+# indices layout: stack grids per image (no images[indices] copy) while
+# B * (most thetas on one image) * h * w <= _STACK_RATIO * N * H * W; else gather. Tests flip it.
+_STACK_RATIO = 1.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,8 +175,7 @@ def _coverage_1d(g: Tensor, size: int) -> Tensor:
     a = ix - x0
     in0 = (x0 >= 0) & (x0 <= size - 1)
     in1 = (x0 >= -1) & (x0 <= size - 2)
-    partial = (1 - a) * in0 + a * in1
-    return torch.where(in0 & in1, torch.ones_like(partial), partial)
+    return (1 - a) * in0 + a * in1  # exactly 1 inside: (1 - a) + a rounds to 1 in IEEE arithmetic
 
 
 def affine_glimpse(
@@ -216,8 +220,9 @@ def affine_glimpse(
         TypeError, ValueError, IndexError: for bad types, shapes, sizes or indices, naming the
             argument and the shapes seen.
 
-    The (B, K) layout samples each image once with the K grids stacked (no copy of the images);
-    only the ``indices`` layout gathers ``images[indices]``.
+    The (B, K) layout samples each image once with the K grids stacked (no copy of the images).
+    The ``indices`` layout does the same, padding each image to the largest number of thetas on
+    one image, unless those idle samples would cost more than gathering ``images[indices]``.
 
     Example:
         >>> images = torch.arange(8.0).reshape(1, 1, 2, 4)
@@ -238,6 +243,17 @@ def affine_glimpse(
     fill_values = _fill_tensor(fill, images, padding_mode)
     theta = theta.to(images.dtype)
 
+    slots = None
+    if idx is not None and idx.numel():
+        # Sample each image once through its boxes' stacked grids (the (B, K) path below, with K
+        # the most boxes on one image and idle slots) rather than copying images[indices], when
+        # the idle samples cost less than the copy.
+        most = int(torch.bincount(idx, minlength=batch).max())
+        if batch * most * h * w <= _STACK_RATIO * idx.numel() * height * width:
+            slots = _layers(idx, batch)  # rank of each theta among those of its image
+            theta = theta.new_zeros(batch, most, 2, 3).index_put((idx, slots), theta)
+            lead = (batch, most)
+
     if len(lead) == 2:
         # (B, K): stack the K grids of each image vertically and sample each image once.
         k = lead[1]
@@ -251,6 +267,8 @@ def affine_glimpse(
     if fill_values is not None:
         coverage = _coverage_1d(grid[..., 0], width) * _coverage_1d(grid[..., 1], height)
         out = out + fill_values * (1 - coverage.unsqueeze(1))
+    if slots is not None:
+        return out.reshape(batch, channels, lead[1], h, w)[idx, :, slots]
     if len(lead) == 2:
         out = out.reshape(batch, channels, lead[1], h, w).transpose(1, 2).contiguous()
     return out

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_images, flatten_boxes
+from ._separable import separable_sample
 
 __all__ = ["paste"]
 
@@ -49,7 +50,7 @@ def _axis_taps(lo: Tensor, hi: Tensor, out_size: int, in_size: int) -> Tuple[Ten
     in1 = (j0 >= -1) & (j0 <= in_size - 2)
     w0 = (1 - a) * in0
     w1 = a * in1
-    cover = torch.where(in0 & in1, torch.ones_like(a), w0 + w1)
+    cover = w0 + w1  # exactly 1 where both taps are inside: (1 - a) + a rounds to 1 in IEEE arithmetic
     i0 = j0.clamp(0, in_size - 1)
     i1 = (j0 + 1).clamp(0, in_size - 1)
     return i0, i1, w0, w1, cover
@@ -59,28 +60,23 @@ def _warp_back(patches: Tensor, boxes: Tensor, height: int, width: int) -> Tuple
     """Patches (n, C, h, w) resampled onto the (height, width) image grid of their boxes (n, 4).
 
     Returns the premultiplied values (n, C, height, width) (zero outside the box) and the coverage
-    (n, 1, height, width). Separable: one gather-and-blend pass per axis, no matmul (so no TF32
-    rounding), the same numbers as ``grid_sample`` of the patch and of ones with zero padding.
+    (n, 1, height, width): the same numbers as ``grid_sample`` of the patch and of ones with zero
+    padding. The two-tap rows of ``Wy`` and ``Wx`` go through the separable engine of
+    :func:`stn.ops.glimpse` (:func:`stn.ops._separable.separable_sample`): it reads only the taps,
+    and its backward is deterministic.
     """
-    n, c, h, w = patches.shape
+    n = patches.shape[0]
     x1, y1, x2, y2 = boxes.unbind(-1)
-    xi0, xi1, xw0, xw1, xcov = _axis_taps(x1, x2, width, w)
-    yi0, yi1, yw0, yw1, ycov = _axis_taps(y1, y2, height, h)
-
-    def along_x(t: Tensor) -> Tensor:  # (n, C, r, w) -> (n, C, r, width)
-        r = t.shape[2]
-        g0 = t.gather(3, xi0[:, None, None, :].expand(n, c, r, width))
-        g1 = t.gather(3, xi1[:, None, None, :].expand(n, c, r, width))
-        return g0 * xw0[:, None, None, :] + g1 * xw1[:, None, None, :]
-
-    def along_y(t: Tensor) -> Tensor:  # (n, C, h, q) -> (n, C, height, q)
-        q = t.shape[3]
-        g0 = t.gather(2, yi0[:, None, :, None].expand(n, c, height, q))
-        g1 = t.gather(2, yi1[:, None, :, None].expand(n, c, height, q))
-        return g0 * yw0[:, None, :, None] + g1 * yw1[:, None, :, None]
-
-    # Resample the axis whose intermediate result is smaller first.
-    values = along_y(along_x(patches)) if h * width <= height * w else along_x(along_y(patches))
+    xi0, xi1, xw0, xw1, xcov = _axis_taps(x1, x2, width, patches.shape[-1])
+    yi0, yi1, yw0, yw1, ycov = _axis_taps(y1, y2, height, patches.shape[-2])
+    values = separable_sample(
+        patches,
+        torch.arange(n, device=patches.device),
+        torch.stack([yi0, yi1], dim=-1),
+        torch.stack([yw0, yw1], dim=-1),
+        torch.stack([xi0, xi1], dim=-1),
+        torch.stack([xw0, xw1], dim=-1),
+    )
     coverage = ycov[:, None, :, None] * xcov[:, None, None, :]
     return values, coverage
 

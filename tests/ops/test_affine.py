@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import doctest
 import importlib
 import math
@@ -68,6 +69,18 @@ def gen():
     return torch.Generator().manual_seed(0)
 
 
+@contextlib.contextmanager
+def indices_strategy(strategy):
+    """Force the indices layout to gather images[indices] ("gather") or stack grids ("stack")."""
+    module = importlib.import_module("stn.ops.affine")
+    saved = module._STACK_RATIO
+    module._STACK_RATIO = {"gather": 0.0, "stack": math.inf, "auto": saved}[strategy]
+    try:
+        yield
+    finally:
+        module._STACK_RATIO = saved
+
+
 # --------------------------------------------------------------------------------------------------
 # affine_glimpse: oracle
 
@@ -116,12 +129,31 @@ def test_fill_outside_is_exact_fill():
     assert torch.equal(out[0, 1], torch.full((3, 3), -1.0))
 
 
+def test_fill_does_not_touch_samples_inside_the_image(gen):
+    images = torch.rand(2, 3, 8, 8, generator=gen)
+    theta = torch.tensor([[0.4, 0.2, 0.05], [-0.1, 0.5, 0.1]]).expand(2, 2, 3) + 0.01 * torch.rand(2, 2, 3, generator=gen)
+    assert torch.equal(affine_glimpse(images, theta, 5, fill=[3.0, -2.0, 7.0]), affine_glimpse(images, theta, 5))
+
+
 def test_zero_fill_is_plain_grid_sample(gen):
     images = torch.rand(2, 1, 5, 5, generator=gen)
     theta = random_theta(2, generator=gen)
     a = affine_glimpse(images, theta, 3)
     b = affine_glimpse(images, theta, 3, fill=[0.0])
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("strategy", ["gather", "stack"])
+def test_indices_strategies_match_oracle_and_gradcheck(strategy, gen):
+    images = torch.rand(3, 2, 5, 6, dtype=torch.float64, generator=gen)
+    indices = torch.tensor([2, 0, 2, 2, 0])  # image 1 unused, image 2 three times
+    theta = random_theta(5, dtype=torch.float64, generator=gen, spread=0.8)
+    fill = torch.tensor([0.3, -0.4], dtype=torch.float64)
+    with indices_strategy(strategy):
+        out = affine_glimpse(images, theta, (3, 4), indices=indices, fill=fill)
+        torch.testing.assert_close(out, oracle(images, theta, (3, 4), indices=indices, fill=fill))
+        args = (images.requires_grad_(), theta.requires_grad_(), fill.requires_grad_())
+        assert torch.autograd.gradcheck(lambda i, t, f: affine_glimpse(i, t, (3, 4), indices=indices, fill=f), args)
 
 
 def test_k_layout_equals_indices_layout(gen):
@@ -408,9 +440,10 @@ def test_rotation_errors():
     layout=st.sampled_from(["b", "bk", "indices"]),
     k=st.integers(0, 3),
     index_list=st.lists(st.integers(0, 2), max_size=6),
+    strategy=st.sampled_from(["gather", "stack", "auto"]),
     seed=st.integers(0, 2**16),
 )
-def test_property_matches_oracle(batch, channels, in_size, out_size, layout, k, index_list, seed):
+def test_property_matches_oracle(batch, channels, in_size, out_size, layout, k, index_list, strategy, seed):
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(batch, channels, *in_size, generator=g)
     indices = None
@@ -421,7 +454,8 @@ def test_property_matches_oracle(batch, channels, in_size, out_size, layout, k, 
     else:
         indices = torch.tensor([i for i in index_list if i < batch], dtype=torch.long)
         theta = random_theta(indices.shape[0], generator=g)
-    out = affine_glimpse(images, theta, out_size, indices=indices, fill=0.25)
+    with indices_strategy(strategy):
+        out = affine_glimpse(images, theta, out_size, indices=indices, fill=0.25)
     expected = oracle(images, theta, out_size, indices=indices, fill=0.25)
     assert out.shape == expected.shape
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

@@ -180,6 +180,15 @@ def test_non_finite_box_makes_only_its_image_nan(gen):
     assert torch.isfinite(boxes.grad).all()
 
 
+def test_fully_covered_pixels_do_not_leak_the_image(gen):
+    # Fractional boxes: pixels well inside the box have coverage exactly 1, so the image is gone.
+    images = torch.full((64, 1, 12, 12), 1e6)
+    offsets = torch.rand(64, 2, generator=gen) * 2
+    boxes = torch.cat([offsets, offsets + 9.7], dim=1)
+    out = paste(images, torch.zeros(64, 1, 5, 5), boxes)
+    assert torch.equal(out[:, :, 4:8, 4:8], torch.zeros(64, 1, 4, 4))
+
+
 def test_fractional_edge_coverage_is_area_fraction():
     # A box of the patch's size shifted by 0.3 pixel: the first column is covered 70%.
     images = torch.zeros(1, 1, 1, 6)
