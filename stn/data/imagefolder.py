@@ -309,15 +309,20 @@ class ImageFolderDataModule(TensorDataModule):
 
     @property
     def mean(self) -> Tuple[float, ...]:
-        if self._mean is None:
-            self._mean, self._std = self._stats()
+        self._fill_stats()
         return self._mean
 
     @property
     def std(self) -> Tuple[float, ...]:
-        if self._std is None:
-            self._mean, self._std = self._stats()
+        self._fill_stats()
         return self._std
+
+    def _fill_stats(self) -> None:
+        if self._mean is None or self._std is None:
+            mean, std = self._stats()
+            log.info("%s: training images have mean %s, std %s", self.data_dir, mean, std)
+            self._mean = self._mean or mean
+            self._std = self._std or std
 
     @property
     def has_boxes(self) -> bool:
@@ -394,6 +399,12 @@ class ImageFolderDataModule(TensorDataModule):
         if k >= n:
             raise ValueError(f"val_size={self.val_size} must be smaller than the training set ({n})")
         return k
+
+    def prepare_data(self) -> None:
+        # Lightning calls this on one process per machine before ``setup`` on all of them: decode
+        # and write the cache once, so that the other ranks read it instead of decoding too.
+        if self.cache_dir is not None:
+            self.setup()
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits or self.streams:

@@ -25,15 +25,18 @@ def candidates(img: torch.Tensor, padding: int, mode: str) -> list[torch.Tensor]
 
 @pytest.mark.parametrize("mode", ["reflect", "zeros", "replicate"])
 def test_matches_pad_crop_flip(mode):
-    images = torch.randint(1, 256, (64, 2, 5, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(1, 256, (32, 2, 5, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     out, _ = random_crop_flip(images, torch.Generator().manual_seed(1), padding=2, padding_mode=mode)
     assert out.shape == images.shape and out.dtype == images.dtype
     for x, y in zip(images, out):
         assert any(torch.equal(y, c) for c in candidates(x, 2, mode))
     changed = (out != images).flatten(1).any(1)
     assert changed.float().mean() > 0.8  # 1 in 50 draws is the identity
-    flipped = sum(torch.equal(y, x.flip(-1)) for x, y in zip(images, out))
-    assert flipped >= 1
+    # flips alone: each sample mirrored or not, about half of them mirrored
+    only_flip, _ = random_crop_flip(images, torch.Generator().manual_seed(1), padding=0, padding_mode=mode)
+    mirrored = [torch.equal(y, x.flip(-1)) for x, y in zip(images, only_flip)]
+    assert all(m or torch.equal(y, x) for m, x, y in zip(mirrored, images, only_flip))
+    assert 8 <= sum(mirrored) <= 24
 
 
 def test_reproducible_and_identity_when_off():

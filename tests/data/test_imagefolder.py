@@ -160,13 +160,16 @@ def test_unreadable_cache_is_replaced(tiny_imagefolder_dir, tmp_path):
 
 def test_mean_std_computed_or_given(tiny_imagefolder_dir):
     dm = module(tiny_imagefolder_dir, val_size=12)
-    x = dm.splits["train"].images.double() / 255 if dm.setup() is None else None
+    dm.setup()
+    x = dm.splits["train"].images.double() / 255
     want_mean = x.mean(dim=(0, 2, 3))
     want_std = x.permute(1, 0, 2, 3).flatten(1).std(dim=1, unbiased=False)
     assert torch.allclose(torch.tensor(dm.mean).double(), want_mean, atol=1e-4)
     assert torch.allclose(torch.tensor(dm.std).double(), want_std, atol=1e-4)
     given = module(tiny_imagefolder_dir, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
     assert given.mean == (0.5, 0.5, 0.5) and given.std == (0.25, 0.25, 0.25) and not given.splits
+    half = module(tiny_imagefolder_dir, val_size=12, std=[0.25, 0.25, 0.25])
+    assert half.std == (0.25, 0.25, 0.25) and half.mean == dm.mean
     with pytest.raises(ValueError, match="mean"):
         module(tiny_imagefolder_dir, mean=[0.5])
 

@@ -99,3 +99,25 @@ def test_real_mnist_has_the_official_label_counts():
     assert torch.bincount(test.labels).tolist() == TEST_COUNTS
     assert train.labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     assert test.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+
+
+def test_tiny_data_is_learnable(tiny_mnist_dir):
+    # the fixtures' class-placed squares: a few optimizer steps take even a linear model far above
+    # chance (one thread: small ops on a busy 2-core machine are slower with more)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        dm = MNISTDataModule(str(tiny_mnist_dir), batch_size=64, val_size=1000, download=False)
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+        opt = torch.optim.Adam(net.parameters(), 3e-3)
+        for _, batch in zip(range(30), dm.train_dataloader()):
+            loss = torch.nn.functional.cross_entropy(net(batch["image"]), batch["label"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            correct = sum((net(b["image"]).argmax(1) == b["label"]).sum().item() for b in dm.val_dataloader())
+    finally:
+        torch.set_num_threads(threads)
+    assert correct / 1000 > 0.5
