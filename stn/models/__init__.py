@@ -1,0 +1,26 @@
+"""Models: plain ``nn.Module``s mapping images (B, C, H, W) in [0, 1] to a dict of outputs.
+
+Every model is built as ``Model(..., in_channels=C, num_classes=K, image_size=(H, W), mean=...,
+std=...)`` and returns ``{"logits": (B, K), ...}``; glimpse models add ``"boxes"`` (pixel
+``x1, y1, x2, y2``) and ``"glimpses"`` (unnormalized). ``localization_parameters()`` lists the
+parameters that want their own learning rate.
+"""
+
+from .affine_stn import AffineSTN
+from .attention import AttentionModel
+from .backbones import CifarNet, DigitNet
+from .cnn import CNNModel
+from .localization import AffineHead, BoxHead, Localizer
+from .multi_glimpse import MultiGlimpseModel
+
+__all__ = [
+    "AffineHead",
+    "AffineSTN",
+    "AttentionModel",
+    "BoxHead",
+    "CifarNet",
+    "CNNModel",
+    "DigitNet",
+    "Localizer",
+    "MultiGlimpseModel",
+]

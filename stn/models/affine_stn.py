@@ -1,0 +1,89 @@
+"""The full spatial transformer: localizer -> free affine theta -> warped glimpse -> classifier."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Sequence, Union
+
+from torch import Tensor, nn
+
+from stn import ops
+
+from .backbones import DigitNet
+from .common import Normalize, Size2, as_fill, as_size, check_images, check_padding_mode, check_positive_int
+from .localization import AffineHead, Localizer
+
+__all__ = ["AffineSTN"]
+
+Fill = Union[float, Sequence[float]]
+
+
+class AffineSTN(nn.Module):
+    """Spatial transformer network with a 6-parameter affine transform (Jaderberg et al. 2015; the
+    PyTorch STN tutorial), sampled with :func:`stn.ops.affine_glimpse`.
+
+    The localizer reads the (normalized) image, an :class:`AffineHead` predicts ``theta``
+    (identity at initialization), the unnormalized image is warped to ``glimpse_size`` (padding
+    with ``fill``, black by default, not with the normalized zero that the tutorial pads with),
+    normalized, and classified.
+
+    Sub-modules are factories completed here with shape information (Hydra ``_partial_: true``)::
+
+        localizer(in_channels=C, image_size=(H, W))                 -> .feature_dim
+        affine_head(in_features=localizer.feature_dim)
+        classifier(in_channels=C, num_classes=K, input_size=glimpse_size)
+
+    Args:
+        localizer, affine_head, classifier: the factories; defaults :class:`Localizer`,
+            :class:`AffineHead`, :class:`DigitNet`.
+        glimpse_size: (h, w) of the warped output; default the image size.
+        padding_mode, fill: sampling outside the image (see :func:`stn.ops.affine_glimpse`).
+        in_channels, num_classes, image_size, mean, std: from the data.
+
+    Returns from ``forward(images)`` with images (B, C, H, W) in [0, 1]:
+        ``"logits"`` (B, K); ``"theta"`` (B, 2, 3) for ``affine_grid(align_corners=False)``;
+        ``"boxes"`` (B, 4) the pixel bounding box of the sampled parallelogram
+        (:func:`stn.ops.theta_to_boxes`); ``"glimpses"`` (B, C, h, w) unnormalized.
+    """
+
+    def __init__(
+        self,
+        localizer: Optional[Callable[..., nn.Module]] = None,
+        affine_head: Optional[Callable[..., nn.Module]] = None,
+        classifier: Optional[Callable[..., nn.Module]] = None,
+        glimpse_size: Optional[Size2] = None,
+        padding_mode: str = "zeros",
+        fill: Fill = 0.0,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        image_size: Size2 = (28, 28),
+        mean: Sequence[float] = (0.0,),
+        std: Sequence[float] = (1.0,),
+    ):
+        super().__init__()
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        self.image_size = as_size(image_size, "image_size")
+        self.glimpse_size = self.image_size if glimpse_size is None else as_size(glimpse_size, "glimpse_size")
+        self.padding_mode = check_padding_mode(padding_mode)
+        self.fill = as_fill(fill)
+        self.normalize = Normalize(mean, std, in_channels)
+        self.localizer = (localizer or Localizer)(in_channels=in_channels, image_size=self.image_size)
+        self.affine_head = (affine_head or AffineHead)(in_features=self.localizer.feature_dim)
+        self.classifier = (classifier or DigitNet)(
+            in_channels=in_channels, num_classes=num_classes, input_size=self.glimpse_size
+        )
+
+    def localization_parameters(self) -> list:
+        """Parameters of the localizer and the affine head (for their own learning rate)."""
+        return list(self.localizer.parameters()) + list(self.affine_head.parameters())
+
+    def forward(self, images: Tensor) -> Dict[str, Tensor]:
+        check_images(images, self.in_channels, self.image_size)
+        theta = self.affine_head(self.localizer(self.normalize(images)))
+        glimpses = ops.affine_glimpse(
+            images, theta, self.glimpse_size, padding_mode=self.padding_mode, fill=self.fill
+        )
+        logits = self.classifier(self.normalize(glimpses))
+        boxes = ops.theta_to_boxes(theta, self.image_size)
+        return {"logits": logits, "theta": theta, "boxes": boxes, "glimpses": glimpses}

@@ -1,0 +1,118 @@
+"""Pieces every model shares: argument checks that turn config values into plain Python, and
+per-channel normalization held as buffers.
+
+Config values arrive from Hydra as ``ListConfig`` and ints; these helpers turn them into tuples of
+plain numbers and raise ``ValueError`` naming the argument and what was received.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+Size2 = Union[int, Sequence[int]]
+
+
+def as_size(value: Size2, name: str) -> Tuple[int, int]:
+    """An int or an ``(h, w)`` pair (list, tuple, ListConfig) as a tuple of two positive ints."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        h, w = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an int or a pair (h, w) of ints, got {value!r}") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"{name} must be positive, got {(h, w)}")
+    return h, w
+
+
+def as_floats(value, name: str, length: Optional[int] = None) -> Tuple[float, ...]:
+    """A number or a sequence of numbers as a tuple of floats, optionally of a given length."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or a sequence of numbers, got {value!r}") from None
+    if length is not None and len(out) != length:
+        raise ValueError(f"{name} must have {length} entries, got {len(out)}: {out}")
+    return out
+
+
+def as_ints(value, name: str, min_len: int = 1) -> Tuple[int, ...]:
+    """A sequence of positive ints (e.g. layer widths) as a tuple."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        out = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a sequence of positive ints, got {value!r}") from None
+    if len(out) < min_len or any(v <= 0 for v in out):
+        raise ValueError(f"{name} must be at least {min_len} positive ints, got {out}")
+    return out
+
+
+def check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, with mean and std as buffers (they follow ``.to()``).
+
+    Args:
+        mean, std: one value per channel (a single value is used for every channel).
+        channels: the number of channels ``C`` of the inputs (..., C, H, W).
+    """
+
+    def __init__(self, mean, std, channels: int):
+        super().__init__()
+        mean = as_floats(mean, "mean")
+        std = as_floats(std, "std")
+        for name, v in (("mean", mean), ("std", std)):
+            if len(v) == 1:
+                continue
+            if len(v) != channels:
+                raise ValueError(f"{name} must have 1 or in_channels={channels} entries, got {len(v)}: {v}")
+        if any(s <= 0 for s in std):
+            raise ValueError(f"std must be positive, got {std}")
+        self.register_buffer("mean", torch.tensor(mean).expand(channels).clone().view(channels, 1, 1))
+        self.register_buffer("std", torch.tensor(std).expand(channels).clone().view(channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+def check_images(images: Tensor, in_channels: int, image_size: Tuple[int, int]) -> None:
+    """Models are built for one image shape: say so clearly when another one arrives."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != in_channels or tuple(images.shape[-2:]) != tuple(image_size):
+        raise ValueError(
+            f"images must have shape (B, {in_channels}, {image_size[0]}, {image_size[1]}) "
+            f"(the model was built with in_channels={in_channels}, image_size={tuple(image_size)}), "
+            f"got {tuple(images.shape)}"
+        )
+
+
+PADDING_MODES = ("zeros", "border", "reflection")
+
+
+def check_padding_mode(padding_mode) -> str:
+    """Fail at construction, not at the first batch, on a padding mode the glimpse ops lack."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    return str(padding_mode)
+
+
+def as_fill(fill, name: str = "fill"):
+    """A number, or a sequence of numbers (one per channel), as plain Python for the glimpse ops."""
+    if isinstance(fill, (int, float)) and not isinstance(fill, bool):
+        return float(fill)
+    return as_floats(fill, name)
