@@ -120,8 +120,10 @@ def paste(images: Tensor, patches: Tensor, boxes: Tensor, *, indices: Optional[T
     ``out = image * (1 - m) + sample(patch)``.
 
     - Integer box whose size equals the patch size: ``m`` is exactly 1 inside the box and 0
-      outside, so pasted pixels equal the patch bit for bit and all other pixels are untouched;
-      ``glimpse(paste(images, p, b), b, p.shape[-2:])`` returns ``p``.
+      outside, so pasted pixels equal the patch bit for bit and all other pixels are untouched
+      (on CUDA this assumes TF32 matmuls are off, the default: narrow patches go through a
+      matmul). For such a box inside the image, ``glimpse(paste(images, p, b), b, p.shape[-2:])``
+      returns ``p``.
     - Fractional boxes: ``m`` ramps linearly from 1 half a patch pixel inside the box edge to 0 half
       a patch pixel outside (0.5 on the edge); at the patch's own scale this is the fraction of the
       edge pixel that the box covers. The edges are soft, so the output is differentiable w.r.t.

@@ -69,6 +69,15 @@ def gen():
     return torch.Generator().manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny tensors: intra-op threads only add OpenMP spin-waits (slow on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @contextlib.contextmanager
 def indices_strategy(strategy):
     """Force the indices layout to gather images[indices] ("gather") or stack grids ("stack")."""
