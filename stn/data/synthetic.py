@@ -19,7 +19,9 @@ Recipes
 - **Distorted MNIST** (Jaderberg et al. 2015, "Spatial Transformer Networks", sec. 4.1 and
   appendix A): ``r`` rotation uniform in +-90 deg; ``rts`` rotation +-45 deg, scale 0.7-1.2 and a
   uniformly random position in a 42x42 canvas; ``p`` projective: scale 0.75-1.0, then each corner
-  of the digit image moved by N(0, 5 px) in x and y; ``e`` elastic warp after Simard et al. 2003
+  of the digit image moved by N(0, 5 px) in x and y (our addition: draws that fold or nearly fold
+  the quadrilateral, 4% of them, are redrawn, since they have no projective map from the square or
+  squeeze the digit to a speck); ``e`` elastic warp after Simard et al. 2003
   ("Best practices for CNNs applied to visual document analysis"): a displacement field of
   uniform noise in [-1, 1], smoothed by a Gaussian of ``sigma`` pixels and scaled by ``alpha``
   pixels (Simard's MNIST values alpha=34, sigma=4; the STN paper cites the method but we did not
@@ -40,7 +42,9 @@ canvases; a CPU generator seeded from the config seed for the fixed validation a
   and then shifted by an integer amount drawn uniformly among the shifts that keep its box inside
   the 42x42 canvas, so the digit is never cut. For ``r``, ``p`` and ``e`` the digit is warped about
   the centre of the canvas as in the paper; on 28x28 a far corner of a rotated or stretched digit
-  can fall outside (pass a larger ``canvas_size``, e.g. 36, to keep every pixel).
+  can fall outside. Measured on the MNIST test set against a 44x44 canvas: ``r`` loses 0.01% of
+  the ink (0.3% of digits lose more than 1%); ``p`` cuts more than 5% of the ink of about 7% of
+  digits. Pass a larger ``canvas_size`` (e.g. 44) to keep every pixel.
 - True boxes come from batched mask reductions (``any`` over rows and columns, first and last
   nonzero by ``argmax``).
 
@@ -363,15 +367,24 @@ def _homography(src: Tensor, dst: Tensor) -> Tensor:
     return torch.cat([h, torch.ones_like(h[:, :1])], 1).view(-1, 3, 3)
 
 
-_P_TRIES = 4
+_P_TRIES = 8
+_P_MIN_CORNER_AREA = 0.1
 
 
-def _convex(quads: Tensor) -> Tensor:
-    """Whether quadrilaterals (..., 4, 2) (corners in order) are convex with positive orientation."""
+def _convex(quads: Tensor, min_corner_area: float = 0.0) -> Tensor:
+    """Whether quadrilaterals (..., 4, 2), corners in order, are convex with positive orientation.
+
+    With ``min_corner_area > 0``, also that the triangle at every corner (the corner and its two
+    neighbours) covers at least that fraction of the quadrilateral's area (1/2 for a
+    parallelogram; near 0 when a corner is nearly flat or two corners nearly meet, where a
+    projective map from the square squeezes part of the image to a speck).
+    """
     edges = quads.roll(-1, -2) - quads
     nxt = edges.roll(-1, -2)
-    cross = edges[..., 0] * nxt[..., 1] - edges[..., 1] * nxt[..., 0]
-    return (cross > 1e-3).all(-1)
+    cross = edges[..., 0] * nxt[..., 1] - edges[..., 1] * nxt[..., 0]  # 2 x corner triangle areas
+    x, y = quads.unbind(-1)
+    area2 = (x * y.roll(-1, -1) - x.roll(-1, -1) * y).sum(-1, keepdim=True)  # 2 x area (shoelace)
+    return ((cross > 1e-3) & (cross >= min_corner_area * area2)).all(-1)
 
 
 def _base_grid(b: int, size: int, device, dtype=torch.float32) -> Tensor:
@@ -476,12 +489,14 @@ def distort(
         rot = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # (B, 2, 2)
         square = centre + scale[:, None, None] * (corners - centre) @ rot.transpose(1, 2)  # (B, 4, 2)
         # A corner move that folds the quadrilateral (a corner pushed past the diagonal) has no
-        # projective map from the square: such draws are rejected. Without a data-dependent loop
-        # (no device sync): _P_TRIES draws per sample, the first convex one is used; if none is
-        # (about 1.4% of single draws fold at 5 px, so all four do with probability ~4e-8), the
-        # corners stay put.
+        # projective map from the square, and a nearly folded one (a corner nearly flat, or two
+        # corners nearly meeting) squeezes the digit to a speck: draws whose corner triangles
+        # cover less than _P_MIN_CORNER_AREA of the quadrilateral are rejected (1.4% of draws fold
+        # at 5 px; 4% are rejected in all). Without a data-dependent loop (no device sync):
+        # _P_TRIES draws per sample, the first acceptable one is used; if none is (probability
+        # ~1e-11), the corners stay put.
         tries = torch.randn(b, _P_TRIES, 4, 2, generator=generator, device=generator.device) * corner_std
-        ok = _convex(square[:, None] + tries)  # (B, T)
+        ok = _convex(square[:, None] + tries, _P_MIN_CORNER_AREA)  # (B, T)
         first = ok.to(torch.uint8).argmax(1)
         offset = tries[torch.arange(b, device=tries.device), first] * ok.any(1)[:, None, None]
         moved = square + offset
