@@ -1,0 +1,153 @@
+"""Lightning callbacks: TensorBoard pictures of what the model looks at, and config in checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+PRED_COLOR = "red"
+TRUE_COLOR = "lime"
+
+
+def _tensorboard(trainer: L.Trainer):
+    """The SummaryWriter of the first TensorBoard logger, or None."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+def draw_boxes(images: Tensor, pred: Optional[Tensor], true: Optional[Tensor], scale: int) -> List[Tensor]:
+    """Images (B, C, H, W) in [0, 1] upscaled by ``scale`` with boxes drawn, as uint8 (3, sH, sW) tensors.
+
+    ``pred`` is (B, 4) or (B, G, 4) pixel boxes drawn in red; ``true`` (B, 4) in green.
+    """
+    big = F.interpolate(images, scale_factor=scale, mode="nearest") if scale > 1 else images
+    big = (big.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    if big.shape[1] == 1:
+        big = big.expand(-1, 3, -1, -1)
+    drawn = []
+    for i, img in enumerate(big):
+        boxes, colors = [], []
+        if true is not None:
+            boxes.append(true[i].reshape(-1, 4))
+            colors += [TRUE_COLOR]
+        if pred is not None:
+            p = pred[i].reshape(-1, 4)
+            boxes.append(p)
+            colors += [PRED_COLOR] * len(p)
+        if boxes:
+            b = (torch.cat(boxes).float().cpu() * scale).round()
+            # draw_bounding_boxes wants x2 >= x1 and boxes inside the picture.
+            b = torch.stack([torch.minimum(b[:, 0], b[:, 2]), torch.minimum(b[:, 1], b[:, 3]),
+                             torch.maximum(b[:, 0], b[:, 2]), torch.maximum(b[:, 1], b[:, 3])], 1)
+            b[:, 0::2] = b[:, 0::2].clamp(0, img.shape[-1] - 1)
+            b[:, 1::2] = b[:, 1::2].clamp(0, img.shape[-2] - 1)
+            img = draw_bounding_boxes(img, b, colors=colors, width=max(1, scale // 2))
+        drawn.append(img)
+    return drawn
+
+
+class GlimpseImages(L.Callback):
+    """Logs what the model looks at, on a fixed batch, every ``every_n_epochs`` validations.
+
+    TensorBoard tags (``<stage>`` is ``val`` or ``test``):
+
+    - ``<stage>/boxes``: a grid of inputs with the predicted box (red) and, for data with true
+      boxes, the true box (green);
+    - ``<stage>/glimpses``: the matching glimpses, in the same order (one row of G glimpses per
+      input for multi-glimpse models);
+    - histograms ``<stage>/box_center_x``, ``<stage>/box_center_y``, ``<stage>/box_scale`` of all
+      predicted boxes of the epoch, as fractions of the image size.
+
+    Args:
+        num_images: inputs in the grid (the first ones of the first batch: the same every time).
+        every_n_epochs: log at validation epochs divisible by this.
+        scale: integer upscaling of the inputs, so boxes on 28x28 digits are visible.
+        nrow: images per grid row.
+    """
+
+    def __init__(self, num_images: int = 16, every_n_epochs: int = 1, scale: int = 4, nrow: int = 8) -> None:
+        if num_images <= 0 or every_n_epochs <= 0 or scale <= 0:
+            raise ValueError(
+                f"num_images, every_n_epochs and scale must be positive, got {num_images}, {every_n_epochs}, {scale}"
+            )
+        self.num_images, self.every_n_epochs, self.scale, self.nrow = num_images, every_n_epochs, scale, nrow
+        self._fixed: Dict[str, Dict[str, Tensor]] = {}
+        self._boxes: List[Tensor] = []
+
+    def _active(self, trainer: L.Trainer, stage: str) -> bool:
+        if trainer.sanity_checking or not trainer.is_global_zero or _tensorboard(trainer) is None:
+            return False
+        return stage == "test" or trainer.current_epoch % self.every_n_epochs == 0
+
+    def _on_batch_end(self, trainer, outputs, batch, batch_idx, stage: str) -> None:
+        if not self._active(trainer, stage):
+            return
+        if batch_idx == 0 and stage not in self._fixed:
+            self._fixed[stage] = {k: v[: self.num_images].detach().clone() for k, v in batch.items()}
+        if isinstance(outputs, dict) and "boxes" in outputs:
+            size = batch["image"].shape[-2:]
+            self._boxes.append(_box_stats(outputs["boxes"].reshape(-1, 4), size).cpu())
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._on_batch_end(trainer, outputs, batch, batch_idx, "val")
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._on_batch_end(trainer, outputs, batch, batch_idx, "test")
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._log(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._log(trainer, pl_module, "test")
+
+    @torch.no_grad()
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        stats, self._boxes = self._boxes, []
+        if not self._active(trainer, stage) or stage not in self._fixed:
+            return
+        writer, step = _tensorboard(trainer), trainer.global_step
+        batch = self._fixed[stage]
+        was_training = pl_module.training
+        pl_module.eval()
+        out = pl_module(batch["image"])
+        pl_module.train(was_training)
+        pred = out.get("boxes")
+        drawn = draw_boxes(batch["image"], pred, batch.get("box"), self.scale)
+        writer.add_image(f"{stage}/boxes", make_grid(drawn, nrow=self.nrow, padding=2, pad_value=128), step)
+        if "glimpses" in out:
+            g = out["glimpses"]
+            nrow = g.shape[1] if g.dim() == 5 else self.nrow
+            g = g.reshape(-1, *g.shape[-3:]).clamp(0, 1).cpu()
+            writer.add_image(f"{stage}/glimpses", make_grid(g, nrow=nrow, padding=1, pad_value=0.5), step)
+        if stats:
+            s = torch.cat(stats)
+            for i, name in enumerate(("box_center_x", "box_center_y", "box_scale")):
+                writer.add_histogram(f"{stage}/{name}", s[:, i], step)
+
+
+def _box_stats(boxes: Tensor, size) -> Tensor:
+    """(N, 3): centre x, centre y and sqrt(area) of (N, 4) boxes, as fractions of the image size."""
+    h, w = size
+    cx = (boxes[:, 0] + boxes[:, 2]) / (2 * w)
+    cy = (boxes[:, 1] + boxes[:, 3]) / (2 * h)
+    scale = ((boxes[:, 2] - boxes[:, 0]).abs() * (boxes[:, 3] - boxes[:, 1]).abs() / (w * h)).sqrt()
+    return torch.stack([cx, cy, scale], 1).float()
+
+
+class SaveConfig(L.Callback):
+    """Stores the run's composed (unresolved) config in every checkpoint under ``"stn_config"``,
+    so ``eval.py`` can rebuild the data and model from a checkpoint file alone."""
+
+    def __init__(self, config: Dict[str, Any]) -> None:
+        self.config = config
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: Dict[str, Any]) -> None:
+        checkpoint["stn_config"] = self.config

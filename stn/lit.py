@@ -1,0 +1,206 @@
+"""The LightningModule: steps, metrics, optimizers. No drawing, no model code."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Dict, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from stn.metrics import BoxIoU
+
+
+def one_cycle(optimizer: Optimizer, total_steps: int, pct_start: float = 0.25, div_factor: float = 25.0,
+              final_div_factor: float = 1e3) -> OneCycleLR:
+    """OneCycleLR that peaks at each parameter group's own LR (so LR multipliers survive)."""
+    return OneCycleLR(
+        optimizer,
+        max_lr=[g["lr"] for g in optimizer.param_groups],
+        total_steps=total_steps,
+        pct_start=pct_start,
+        div_factor=div_factor,
+        final_div_factor=final_div_factor,
+    )
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged: the loss became NaN or Inf."""
+
+
+class GlimpseClassifier(L.LightningModule):
+    """Trains a classifier (glimpse model or plain CNN) end to end with cross-entropy.
+
+    The model maps images (B, C, H, W) in [0, 1] to a dict with ``"logits"`` (B, classes) and,
+    for glimpse models, ``"boxes"`` ((B, 4) or (B, G, 4) pixel ``x1, y1, x2, y2``). When a batch
+    carries true boxes (``batch["box"]``, synthetic data), validation and test also report IoU
+    of the first glimpse's box with the true box; the boxes never reach the loss unless
+    ``box_loss_weight > 0``.
+
+    Args:
+        model: the ``nn.Module``; must provide ``localization_parameters()``.
+        num_classes: number of classes.
+        optimizer: partial optimizer, called with the parameter groups.
+        scheduler: optional partial LR scheduler; it receives ``total_steps`` when its signature
+            takes it (e.g. :func:`one_cycle`) and is stepped every step.
+        loc_lr_mult: learning-rate multiplier for the localization network (STN practice: 0.1).
+        loc_freeze_epochs: keep the localization network frozen (identity/full-image boxes) for
+            this many initial epochs, so the classifier learns on whole images first.
+        label_smoothing: cross-entropy label smoothing.
+        box_loss_weight: weight of a supervised smooth-L1 box loss (pixels / image size); 0 keeps
+            training weakly supervised.
+        nonfinite_check_every: check the loss for NaN/Inf every this many steps (a host sync).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        optimizer: Callable[..., Optimizer],
+        scheduler: Optional[Callable[..., LRScheduler]] = None,
+        loc_lr_mult: float = 0.1,
+        loc_freeze_epochs: int = 0,
+        label_smoothing: float = 0.0,
+        box_loss_weight: float = 0.0,
+        nonfinite_check_every: int = 20,
+    ) -> None:
+        super().__init__()
+        if loc_lr_mult < 0:
+            raise ValueError(f"loc_lr_mult must be >= 0, got {loc_lr_mult}")
+        if loc_freeze_epochs < 0:
+            raise ValueError(f"loc_freeze_epochs must be >= 0, got {loc_freeze_epochs}")
+        # Factories stay out of the checkpoint, so checkpoints load with torch.load(weights_only=True);
+        # train.py stores the config that builds them next to the weights.
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
+        self.model = model
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        metric = lambda: MulticlassAccuracy(num_classes, average="micro")  # noqa: E731
+        self.train_acc, self.val_acc, self.test_acc = metric(), metric(), metric()
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+        self.val_iou, self.test_iou = BoxIoU(), BoxIoU()
+        self._nonfinite = torch.zeros((), dtype=torch.bool)
+
+    def forward(self, images: Tensor) -> Dict[str, Tensor]:
+        return self.model(images)
+
+    # -- steps ----------------------------------------------------------------------------------
+    def _shared_step(self, batch: Dict[str, Tensor]) -> tuple[Tensor, Dict[str, Tensor]]:
+        out = self.model(batch["image"])
+        loss = F.cross_entropy(out["logits"], batch["label"], label_smoothing=self.hparams.label_smoothing)
+        if self.hparams.box_loss_weight > 0 and "box" in batch and "boxes" in out:
+            size = batch["image"].shape[-1]
+            loss = loss + self.hparams.box_loss_weight * F.smooth_l1_loss(
+                _first_box(out["boxes"]) / size, batch["box"] / size
+            )
+        return loss, out
+
+    def training_step(self, batch: Dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, out = self._shared_step(batch)
+        self._nonfinite = self._nonfinite.to(loss.device) | ~torch.isfinite(loss.detach())
+        if (batch_idx + 1) % self.hparams.nonfinite_check_every == 0:
+            self._raise_if_nonfinite()
+        self.train_loss(loss.detach())
+        self.train_acc(out["logits"].detach(), batch["label"])
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self._raise_if_nonfinite()
+
+    def _raise_if_nonfinite(self) -> None:
+        if bool(self._nonfinite):
+            raise NonFiniteLossError(
+                f"training loss became NaN/Inf by epoch {self.current_epoch}, step {self.global_step}: "
+                "the run diverged. Lower the learning rate (module.optimizer.lr) or the "
+                "localization LR multiplier (module.loc_lr_mult)."
+            )
+
+    def _eval_step(self, stage: str, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        loss, out = self._shared_step(batch)
+        getattr(self, f"{stage}_loss")(loss)
+        acc = getattr(self, f"{stage}_acc")
+        acc(out["logits"], batch["label"])
+        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        if "box" in batch and "boxes" in out:
+            iou = getattr(self, f"{stage}_iou")
+            iou.update(_first_box(out["boxes"]), batch["box"])
+        # Boxes go to callbacks (histograms, pictures); nothing heavy.
+        return {"boxes": out["boxes"].detach()} if "boxes" in out else {}
+
+    def validation_step(self, batch: Dict[str, Tensor], batch_idx: int) -> Dict[str, Tensor]:
+        return self._eval_step("val", batch)
+
+    def test_step(self, batch: Dict[str, Tensor], batch_idx: int) -> Dict[str, Tensor]:
+        return self._eval_step("test", batch)
+
+    def _log_iou(self, stage: str) -> None:
+        iou = getattr(self, f"{stage}_iou")
+        if iou.update_called:
+            mean_iou, iou50 = iou.compute()
+            self.log(f"{stage}/iou", mean_iou)
+            self.log(f"{stage}/iou50", iou50)
+            iou.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.val_iou.reset()
+            return
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self._log_iou("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_iou("test")
+
+    def on_train_start(self) -> None:
+        # The sanity check must not count towards the best validation accuracy.
+        self.val_acc_best.reset()
+        self._check_schedule_length()
+
+    def _check_schedule_length(self) -> None:
+        """A resumed run whose schedule (restored from the checkpoint) is shorter than the run."""
+        for config in self.trainer.lr_scheduler_configs:
+            planned = getattr(config.scheduler, "total_steps", None)
+            needed = int(self.trainer.estimated_stepping_batches)
+            if planned is not None and planned < needed:
+                raise ValueError(
+                    f"the LR schedule restored from ckpt_path covers {planned} steps but this run needs "
+                    f"{needed}: trainer.max_epochs (or the data size) changed since the checkpoint. Resume "
+                    "with the original trainer.max_epochs, or start a new run with module.scheduler=null."
+                )
+
+    # -- localization freeze ----------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        frozen = self.current_epoch < self.hparams.loc_freeze_epochs
+        for p in self.model.localization_parameters():
+            p.requires_grad_(not frozen)
+
+    # -- optimizers -------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Dict[str, Any]:
+        loc = list(self.model.localization_parameters())
+        loc_ids = {id(p) for p in loc}
+        rest = [p for p in self.model.parameters() if id(p) not in loc_ids]
+        optimizer = self.optimizer_factory(params=[{"params": rest}])
+        if loc:
+            optimizer.add_param_group({"params": loc, "lr": optimizer.defaults["lr"] * self.hparams.loc_lr_mult})
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        kwargs = {}
+        if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _first_box(boxes: Tensor) -> Tensor:
+    """(B, 4) from (B, 4) or the first glimpse of (B, G, 4)."""
+    return boxes if boxes.dim() == 2 else boxes[:, 0]

@@ -1,0 +1,251 @@
+"""End to end: the real configs, the real train()/evaluate(), tiny data in real on-disk formats."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from stn.tasks import evaluate, train
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = str(ROOT / "configs")
+
+# A run short enough for the test suite: 2 epochs of a few batches.
+FAST = [
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "data.batch_size=16",
+    "data.val_size=32",
+]
+
+
+def make_cfg(config_name: str, out: Path, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=False)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.paths.log_dir = str(out.parent)
+        cfg.paths.root_dir = str(ROOT)
+    return cfg
+
+
+def events(folder: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(folder), size_guidance={"images": 0, "scalars": 0, "histograms": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_mnist_dir):
+    """One real training run on tiny MNIST, shared by the assertions below."""
+    out = tmp_path_factory.mktemp("train") / "run"
+    cfg = make_cfg("train", out, FAST + [f"paths.data_dir={tiny_mnist_dir}"])
+    metrics = train(cfg)
+    return out, metrics
+
+
+def test_train_writes_metrics_json(trained):
+    out, metrics = trained
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("train/loss", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/loss", "time/wall_s"):
+        assert key in saved, key
+    assert 0.0 <= saved["test/acc"] <= 1.0
+    assert saved["val/acc_best"] >= saved["val/acc"] - 1e-6
+    assert saved["test/acc"] == pytest.approx(metrics["test/acc"])
+
+
+def test_train_checkpoints_best_and_last(trained):
+    out, _ = trained
+    ckpts = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in ckpts
+    assert any(name.startswith("epoch_") for name in ckpts), ckpts
+    state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["epoch"] == 1  # 0-based epoch of the last completed epoch of 2
+    assert set(state["stn_config"]) == {"data", "model", "module"}
+
+
+def test_train_tensorboard_scalars_images_histograms(trained):
+    out, _ = trained
+    acc = events(out / "tensorboard")
+    tags = acc.Tags()
+    for tag in ("train/loss", "val/loss", "val/acc", "val/acc_best", "test/acc"):
+        assert tag in tags["scalars"], (tag, tags["scalars"])
+    assert any(t.startswith("lr-") for t in tags["scalars"]), tags["scalars"]
+    for tag in ("val/boxes", "val/glimpses", "test/boxes", "test/glimpses"):
+        assert tag in tags["images"], (tag, tags["images"])
+    # 16 inputs of 28x28 upscaled 4x in rows of 8, with 2 px padding: 2 rows x 8 columns.
+    boxes = acc.Images("val/boxes")
+    assert len(boxes) == 2  # one per validation epoch
+    assert (boxes[-1].width, boxes[-1].height) == (8 * 112 + 9 * 2, 2 * 112 + 3 * 2)
+    glimpses = acc.Images("val/glimpses")[-1]
+    assert glimpses.width > 0 and glimpses.height > 0
+    for tag in ("val/box_center_x", "val/box_center_y", "val/box_scale"):
+        assert tag in tags["histograms"], (tag, tags["histograms"])
+
+
+def test_resume_with_longer_schedule_is_a_clear_error(trained, tmp_path, tiny_mnist_dir):
+    out, _ = trained
+    last = out / "checkpoints" / "last.ckpt"
+    cfg = make_cfg(
+        "train",
+        tmp_path / "longer",
+        FAST + [f"paths.data_dir={tiny_mnist_dir}", f"ckpt_path={last}", "trainer.max_epochs=3", "test=false"],
+    )
+    with pytest.raises(ValueError, match="trainer.max_epochs"):
+        train(cfg)
+
+
+def test_eval_rebuilds_model_from_checkpoint(trained, tmp_path, tiny_mnist_dir):
+    out, metrics = trained
+    ckpt = next((out / "checkpoints").glob("epoch_*.ckpt"))
+    cfg = make_cfg(
+        "eval",
+        tmp_path / "eval",
+        [f"ckpt_path={ckpt}", f"paths.data_dir={tiny_mnist_dir}", "trainer.limit_test_batches=2",
+         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"],
+    )
+    result = evaluate(cfg)
+    # train() tested the same best checkpoint on the same batches
+    assert result["test/acc"] == pytest.approx(metrics["test/acc"])
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["test/acc"] == pytest.approx(result["test/acc"])
+    tags = events(tmp_path / "eval" / "tensorboard").Tags()
+    assert {"test/boxes", "test/glimpses"} <= set(tags["images"])
+
+
+@pytest.mark.parametrize("model", ["attention", "affine_stn", "multi_glimpse", "cnn"])
+def test_every_model_config_trains(model, tmp_path, tiny_mnist_dir):
+    cfg = make_cfg(
+        "train",
+        tmp_path / model,
+        FAST + [f"paths.data_dir={tiny_mnist_dir}", f"model={model}", "trainer.max_epochs=1", "logger=csv"],
+    )
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert "test/acc" in metrics
+
+
+def test_diverged_loss_stops_with_clear_error(tmp_path, tiny_mnist_dir):
+    cfg = make_cfg(
+        "train",
+        tmp_path / "nan",
+        FAST + [f"paths.data_dir={tiny_mnist_dir}", "module.optimizer.lr=1e30", "module.scheduler=null",
+                "module.nonfinite_check_every=1", "logger=csv"],
+    )
+    from stn.lit import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match="NaN/Inf"):
+        train(cfg)
+
+
+def run_cli(script: str, args: list[str], cwd: Path, env_extra: dict | None = None, timeout: int = 300):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_cli_train_then_eval(tmp_path, tiny_mnist_dir):
+    """`python train.py` and `python eval.py` as a user runs them, output folders from Hydra."""
+    res = run_cli("train.py", FAST + [f"paths.log_dir={tmp_path}/logs"], tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert json.loads((run / "metrics.json").read_text())["test/acc"] >= 0
+    last = run / "checkpoints" / "last.ckpt"
+    res = run_cli("eval.py", [f"ckpt_path={last}", f"paths.log_dir={tmp_path}/logs", "trainer.limit_test_batches=2"],
+                  tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "| last.ckpt |" in res.stdout
+    evals = list((tmp_path / "logs" / "eval" / "runs").iterdir())
+    assert json.loads((evals[0] / "metrics.json").read_text())["test/acc"] >= 0
+
+
+@pytest.mark.slow
+def test_cli_multirun_one_folder_per_job(tmp_path, tiny_mnist_dir):
+    res = run_cli(
+        "train.py",
+        ["-m", "seed=1,2", "model=attention,cnn", *FAST, "trainer.max_epochs=1", f"paths.log_dir={tmp_path}/logs"],
+        tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)}, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    sweeps = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit())
+    assert jobs == ["0", "1", "2", "3"]
+    for job in jobs:
+        assert (sweeps[0] / job / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_cli_interrupted_run_keeps_checkpoint_and_resumes(tmp_path, tiny_mnist_dir):
+    """Ctrl-C mid-run leaves last.ckpt; `ckpt_path=<last.ckpt>` finishes the same run."""
+    args = [*FAST, "trainer.max_epochs=3", "trainer.limit_train_batches=30", "test=false", "logger=csv",
+            f"hydra.run.dir={tmp_path}/run"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "STN_DATA_DIR": str(tiny_mnist_dir)}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert last.exists(), proc.communicate()[0][-3000:] if proc.poll() is not None else "no checkpoint in time"
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 or "max_epochs=3` reached" in output
+    interrupted = torch.load(last, map_location="cpu", weights_only=True)
+    res = run_cli("train.py", args + [f"ckpt_path={last}"], tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    final = torch.load(last, map_location="cpu", weights_only=True)
+    assert final["epoch"] == 2
+    assert final["global_step"] == 3 * 30
+    assert final["global_step"] >= interrupted["global_step"]
+
+
+def test_cli_missing_data_is_one_clear_message(tmp_path):
+    missing = tmp_path / "nowhere"
+    res = run_cli("train.py", ["trainer.max_epochs=1", f"paths.log_dir={tmp_path}/logs", "data.download=false"],
+                  tmp_path, {"STN_DATA_DIR": str(missing)})
+    assert res.returncode == 1
+    output = res.stdout + res.stderr
+    assert str(missing) in output
+    assert "STN_DATA_DIR" in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_cli_ddp_two_cpu_processes(tmp_path, tiny_mnist_dir):
+    """trainer=ddp with 2 gloo processes: trains, and ranks share one output folder."""
+    res = run_cli(
+        "train.py",
+        ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *FAST, "trainer.max_epochs=1",
+         f"paths.log_dir={tmp_path}/logs"],
+        tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)}, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert len(runs) == 1, runs
+    assert json.loads((runs[0] / "metrics.json").read_text())["test/acc"] >= 0
+    assert (runs[0] / "checkpoints" / "last.ckpt").is_file()
