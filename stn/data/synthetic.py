@@ -147,15 +147,16 @@ def tight_boxes(mask: Tensor) -> Tensor:
         >>> tight_boxes(m)
         tensor([[2., 1., 5., 3.]])
     """
-    if mask.dim() == 4:
-        mask = mask.ne(0).any(1)
-    elif mask.dim() == 3:
-        mask = mask.ne(0)
-    else:
+    if mask.dim() not in (3, 4):
         raise ValueError(f"mask must be (B, H, W) or (B, C, H, W), got {tuple(mask.shape)}")
+    if mask.dtype == torch.bool:
+        mask = mask.to(torch.uint8)
+    if mask.dim() == 4:
+        mask = mask[:, 0] if mask.shape[1] == 1 else mask.abs().amax(1)
     h, w = mask.shape[-2:]
-    cols = mask.any(-2).to(torch.uint8)  # (B, W)
-    rows = mask.any(-1).to(torch.uint8)  # (B, H)
+    m = mask.abs() if mask.is_signed() or mask.is_floating_point() else mask
+    cols = m.amax(-2).ne(0).to(torch.uint8)  # (B, W): a reduction on the raw values, then compare
+    rows = m.amax(-1).ne(0).to(torch.uint8)  # (B, H)
     x1 = cols.argmax(-1)  # first maximal element: the first on-column
     x2 = w - cols.flip(-1).argmax(-1)
     y1 = rows.argmax(-1)
@@ -206,11 +207,10 @@ def shift_images(images: Tensor, shifts: Tensor, out_size=None) -> Tensor:
     d = shifts.to(device=images.device, dtype=torch.long)
     ys = torch.arange(H, device=images.device) - d[:, 1, None]  # (B, H) source rows
     xs = torch.arange(W, device=images.device) - d[:, 0, None]  # (B, W) source columns
-    valid = ((ys >= 0) & (ys < h))[:, :, None] & ((xs >= 0) & (xs < w))[:, None, :]  # (B, H, W)
-    bi = torch.arange(b, device=images.device)[:, None, None]
-    out = images[bi, :, ys.clamp(0, h - 1)[:, :, None], xs.clamp(0, w - 1)[:, None, :]]  # (B, H, W, C)
-    out = out * valid[..., None].to(out.dtype)
-    return out.permute(0, 3, 1, 2).contiguous()
+    valid = ((ys >= 0) & (ys < h))[:, None, :, None] & ((xs >= 0) & (xs < w))[:, None, None, :]
+    out = images.gather(2, ys.clamp(0, h - 1)[:, None, :, None].expand(b, c, H, w))  # rows
+    out = out.gather(3, xs.clamp(0, w - 1)[:, None, None, :].expand(b, c, H, W))  # then columns
+    return out * valid.to(out.dtype)
 
 
 # -- translated and cluttered -------------------------------------------------------------------
@@ -233,7 +233,11 @@ def translate(digits: Tensor, canvas_size, generator: torch.Generator) -> Compos
         raise ValueError(f"canvas_size {(H, W)} is smaller than the digits {(h, w)}")
     pos = torch.stack([_randint(generator, 0, W - w, (b,)), _randint(generator, 0, H - h, (b,))], 1)
     image = place(digits, (H, W), pos)
-    return Composition(image, tight_boxes(image), {"position": pos})
+    # The placed digit's mask is the digit's mask shifted by an integer: so is its tight box (and
+    # this reads 28x28 instead of the whole canvas).
+    box = tight_boxes(digits)
+    box = torch.where(box[:, 2:3] > 0, box + pos.repeat(1, 2).to(box.dtype), box)
+    return Composition(image, box, {"position": pos})
 
 
 def add_clutter(
@@ -387,11 +391,6 @@ def _convex(quads: Tensor, min_corner_area: float = 0.0) -> Tensor:
     return ((cross > 1e-3) & (cross >= min_corner_area * area2)).all(-1)
 
 
-def _base_grid(b: int, size: int, device, dtype=torch.float32) -> Tensor:
-    eye = torch.eye(2, 3, device=device, dtype=dtype).expand(b, 2, 3)
-    return F.affine_grid(eye, [b, 1, size, size], align_corners=False)  # (B, S, S, 2) pixel centres
-
-
 def elastic_field(b: int, size: int, alpha: float, sigma: float, generator: torch.Generator) -> Tensor:
     """Simard et al. (2003) displacement fields: alpha * Gaussian(sigma) * U(-1, 1), in pixels.
 
@@ -399,14 +398,18 @@ def elastic_field(b: int, size: int, alpha: float, sigma: float, generator: torc
         (B, 2, size, size) float32 ``(dx, dy)``; the Gaussian is truncated at 3 sigma with zero
         padding at the border.
     """
-    noise = _rand(generator, (b * 2, 1, size, size), -1.0, 1.0)
+    noise = _rand(generator, (b * 2, size, size), -1.0, 1.0)
     if sigma > 0:
+        # The separable Gaussian blur (zero padding) as G @ noise @ G^T with a banded matrix G:
+        # the same sums as two 1-d convolutions, several times faster for these small images.
         r = max(1, math.ceil(3 * sigma))
         x = torch.arange(-r, r + 1, device=noise.device, dtype=noise.dtype)
         k = torch.exp(-0.5 * (x / sigma) ** 2)
         k = k / k.sum()
-        noise = F.conv2d(noise, k.view(1, 1, 1, -1), padding=(0, r))
-        noise = F.conv2d(noise, k.view(1, 1, -1, 1), padding=(r, 0))
+        i = torch.arange(size, device=noise.device)
+        offset = i[None, :] - i[:, None]  # column - row
+        g = torch.where(offset.abs() <= r, k[(offset + r).clamp(0, 2 * r)], torch.zeros((), device=noise.device))
+        noise = g @ noise @ g.T
     return (alpha * noise).view(b, 2, size, size)
 
 
@@ -502,14 +505,19 @@ def distort(
         moved = square + offset
         # Sampling maps output points to source points: the homography moved -> corners.
         hom = _homography(moved / half - 1, (corners / half - 1).expand(b, 4, 2))
-        base = _base_grid(b, size, digits.device)
-        pts = torch.cat([base, torch.ones_like(base[..., :1])], -1) @ hom.transpose(1, 2)[:, None]
-        # Points beyond the horizon (the other side from the quadrilateral) read nothing.
-        mid = torch.cat([moved.mean(1) / half - 1, torch.ones_like(moved[:, :1, 0])], -1)  # (B, 3)
-        side = torch.sign((mid[:, None] @ hom.transpose(1, 2))[:, 0, 2])  # (B,)
-        w_ = pts[..., 2:]
-        front = w_ * side[:, None, None, None] > 1e-6
-        grid = torch.where(front, pts[..., :2] / torch.where(front, w_, torch.ones_like(w_)), 2.0)
+        # Apply it to the output pixel centres, elementwise (faster than batched 3x3 matmuls).
+        c = (torch.arange(size, device=digits.device, dtype=torch.float32) + 0.5) / half - 1
+        gx, gy = c[None, None, :], c[None, :, None]
+        hm = hom.view(b, 9, 1, 1).unbind(1)
+        u = hm[0] * gx + hm[1] * gy + hm[2]  # (B, S, S)
+        v = hm[3] * gx + hm[4] * gy + hm[5]
+        wh = hm[6] * gx + hm[7] * gy + hm[8]
+        # Points beyond the horizon (on the other side of it from the quadrilateral) read nothing.
+        mid = moved.mean(1) / half - 1  # (B, 2)
+        side = torch.sign(hom[:, 2, 0] * mid[:, 0] + hom[:, 2, 1] * mid[:, 1] + hom[:, 2, 2])[:, None, None]
+        front = wh * side > 1e-6
+        wh = torch.where(front, wh, torch.ones_like(wh))
+        grid = torch.where(front[..., None], torch.stack([u / wh, v / wh], -1), 2.0)
         image = _warp(padded, grid)
         params["corner_offset"] = offset
     else:
