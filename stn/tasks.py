@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from stn import sweep
 from stn.callbacks import SaveConfig
 from stn.data.base import DataMissingError, TensorDataModule
 
@@ -108,6 +109,7 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(_floats(trainer.callback_metrics))
     metrics["time/wall_s"] = time.time() - start
+    sweep.log_hparams_with_metrics(trainer, cfg, metrics)
     write_metrics(cfg.paths.output_dir, metrics)
     return metrics
 
@@ -143,18 +145,26 @@ def result_row(name: str, metrics: Dict[str, float]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def run_task(task, cfg: DictConfig) -> float:
+def run_task(task, cfg: DictConfig) -> Optional[float]:
     """Run ``train`` or ``evaluate`` for an entry point.
 
     Data that is missing stops the run with one message instead of a traceback. Returns the
     metric named by ``cfg.optimized_metric`` (NaN when absent), for sweepers; ``eval.py`` also
-    prints the results-table row of the checkpoint.
+    prints the results-table row of the checkpoint. In a multirun (stn/sweep.py) a job that raises
+    is recorded as failed (``metrics.json`` ``status``/``error``, traceback in its log) and returns
+    None, so the sweep goes on; a job without a finite metric also returns None.
     """
+    start = time.time()
     try:
         metrics = task(cfg)
-    except DataMissingError as err:
-        log.error(str(err))
-        raise SystemExit(1) from None
+    except Exception as err:
+        if sweep.in_multirun():
+            return sweep.record_failure(cfg, err, time.time() - start)
+        if isinstance(err, DataMissingError):
+            log.error(str(err))
+            raise SystemExit(1) from None
+        raise
+    write_metrics(cfg.paths.output_dir, {**metrics, "status": "ok"})
     if task is evaluate:
         print(result_row(Path(cfg.ckpt_path).name, metrics))
-    return metrics.get(cfg.get("optimized_metric") or "", float("nan"))
+    return sweep.sweeper_value(metrics.get(cfg.get("optimized_metric") or "", float("nan")))

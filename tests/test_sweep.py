@@ -1,0 +1,387 @@
+"""Sweeps: failed jobs do not stop a multirun, summaries of sweep folders, seed groups, HParams.
+
+Two real sweeps run as a user runs them (`python train.py -m ...` and `hparams_search=...`, tiny MNIST,
+a few batches); everything else (summary sorting, seed statistics, run_task's failure branch) runs
+on hand-written rows and job folders.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from stn import sweep
+from stn.data.base import DataMissingError
+from stn.tasks import run_task
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = str(ROOT / "configs")
+
+# One short epoch of a small model: enough for every metric and file to exist.
+TINY = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "callbacks.glimpse_images=null",
+    "data.batch_size=16",
+    "data.eval_batch_size=64",
+    "data.val_size=32",
+    "model.classifier.widths=[8,16,32]",
+]
+
+try:
+    import hydra_plugins.hydra_optuna_sweeper  # noqa: F401
+
+    HAS_OPTUNA = True
+except ImportError:
+    HAS_OPTUNA = False
+needs_optuna = pytest.mark.skipif(not HAS_OPTUNA, reason='needs the sweep extra: pip install -e ".[sweep]"')
+
+
+def run_train(args: list[str], cwd: Path, data_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "STN_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def the_sweep(log_dir: Path) -> Path:
+    sweeps = list((log_dir / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1, sweeps
+    return sweeps[0]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- seed groups -----------------------------------------------------------------------------------
+def test_group_by_seed_mean_std_median():
+    def row(job, lr, seed, acc, status="ok"):
+        return {"job": job, "status": status, "overrides": {"module.optimizer.lr": lr, "seed": seed},
+                "metrics": {"val/acc": acc} if acc is not None else {}}
+
+    rows = [
+        row("0", "0.1", "1", 0.5), row("1", "0.1", "2", 0.75), row("2", "0.1", "3", 1.0), row("3", "0.1", "4", 0.25),
+        row("4", "1", "1", 0.5), row("5", "1", "2", None, status="failed"),
+    ]
+    assert sweep.has_seed_repeats(rows)
+    groups = sweep.group_by_seed(rows, ["val/acc"])
+    assert [g["overrides"] for g in groups] == [{"module.optimizer.lr": "0.1"}, {"module.optimizer.lr": "1"}]
+    a, b = groups
+    assert (a["n"], a["n_failed"], a["seeds"], a["jobs"]) == (4, 0, ["1", "2", "3", "4"], ["0", "1", "2", "3"])
+    st = a["stats"]["val/acc"]
+    assert st["mean"] == 0.625
+    assert st["median"] == 0.625  # mean of the middle two, 0.5 and 0.75
+    # sample std (n - 1): deviations +-0.125, +-0.375 -> sum of squares 0.3125 / 3
+    assert st["std"] == pytest.approx(math.sqrt(0.3125 / 3), rel=1e-12)
+    assert st["std"] == pytest.approx(statistics.stdev([0.5, 0.75, 1.0, 0.25]), rel=1e-12)
+    assert st["n"] == 4
+    assert (b["n"], b["n_failed"], b["seeds"]) == (1, 1, ["1", "2"])
+    assert b["stats"]["val/acc"] == {"mean": 0.5, "std": None, "median": 0.5, "n": 1}
+    # no seed override, or every configuration once: nothing to group
+    assert not sweep.has_seed_repeats([row("0", "0.1", "1", 0.5), row("1", "1", "1", 0.6)])
+
+
+# -- summaries of hand-written sweep folders -------------------------------------------------------
+def write_job(sweep_dir: Path, num: int, overrides: list[str], metrics: dict | None,
+              optimized_metric: str = "val/acc_best", direction: str | None = None) -> Path:
+    job = sweep_dir / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": 1, "optimized_metric": optimized_metric}))
+    sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}
+    if direction:
+        sweeper = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", "direction": direction}
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": sweeper}}))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    return job
+
+
+def test_summary_sorts_best_first_failed_last_and_groups_seeds(tmp_path):
+    s = tmp_path / "2026-01-01_00-00-00"
+    acc = {(0.1, 1): 0.8, (0.1, 2): 0.9, (1.0, 1): 0.95, (1.0, 2): 0.85}
+    num = 0
+    for lr in (0.1, 1.0):
+        for seed in (1, 2):
+            write_job(s, num, [f"module.optimizer.lr={lr}", f"seed={seed}", "trainer.max_epochs=1"],
+                      {"status": "ok", "val/acc_best": acc[lr, seed], "test/acc": acc[lr, seed] - 0.05,
+                       "time/wall_s": 10.0 + num})
+            num += 1
+    write_job(s, 4, ["module.optimizer.lr=10.0", "seed=1", "trainer.max_epochs=1"],
+              {"status": "failed", "error": "NonFiniteLossError: loss | became NaN", "time/wall_s": 1.5})
+    write_job(s, 5, ["module.optimizer.lr=10.0", "seed=2", "trainer.max_epochs=1"], None)  # killed
+    (s / "10").mkdir()  # not a job folder
+    (s / "multirun.yaml").write_text("{}\n")
+
+    paths = sweep.write_summary(s)
+    assert set(paths) == {"csv", "md", "grouped"}
+    rows = read_csv(s / "summary.csv")
+    assert [r["job"] for r in rows] == ["2", "1", "3", "0", "5", "4"]
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5", "6"]
+    assert [r["status"] for r in rows] == ["ok"] * 4 + ["incomplete", "failed"]
+    assert [float(r["val/acc_best"]) for r in rows[:4]] == [0.95, 0.9, 0.85, 0.8]
+    assert rows[0]["module.optimizer.lr"] == "1.0" and rows[0]["seed"] == "1"
+    assert rows[0]["trainer.max_epochs"] == "1"
+    assert float(rows[0]["time/wall_s"]) == 12.0
+    assert rows[5]["error"] == "NonFiniteLossError: loss | became NaN" and rows[5]["val/acc_best"] == ""
+    assert list(rows[0])[:6] == ["rank", "job", "status", "module.optimizer.lr", "seed", "trainer.max_epochs"]
+
+    grouped = read_csv(s / "summary_grouped.csv")
+    assert [g["module.optimizer.lr"] for g in grouped] == ["1.0", "0.1", "10.0"]  # best mean first
+    g1, g01, g10 = grouped
+    assert float(g1["val/acc_best/mean"]) == pytest.approx(0.9)
+    assert float(g1["val/acc_best/std"]) == pytest.approx(statistics.stdev([0.95, 0.85]))
+    assert float(g1["val/acc_best/median"]) == pytest.approx(0.9)
+    assert (g1["n"], g1["n_failed"], g1["seeds"], g1["jobs"]) == ("2", "0", "1 2", "2 3")
+    assert float(g01["test/acc/mean"]) == pytest.approx(0.8)
+    assert (g10["n"], g10["n_failed"], g10["val/acc_best/mean"]) == ("0", "1", "")
+
+    md = (s / "summary.md").read_text()
+    assert "6 jobs (4 ok, 1 failed, 1 incomplete). Sorted by `val/acc_best` (maximize)" in md
+    assert "Same in every job: `trainer.max_epochs=1`" in md
+    assert "| 1 | 2 | ok | 1.0 | 1 | 0.9500 |" in md
+    assert "loss \\| became NaN" in md  # escaped for the table
+    assert "## Across seeds" in md and "| 1.0 | 2 | 0 | 1 2 | 0.9000 ± 0.0707 | 0.9000 |" in md
+
+    # a later refresh without seed repeats removes the grouped file
+    for job in ("1", "3", "5"):
+        for f in sorted((s / job).rglob("*"), reverse=True):
+            f.unlink() if f.is_file() else f.rmdir()
+        (s / job).rmdir()
+    assert set(sweep.write_summary(s)) == {"csv", "md"}
+    assert not (s / "summary_grouped.csv").exists()
+
+
+def test_summary_minimizes_losses_and_follows_the_optuna_direction(tmp_path):
+    a = tmp_path / "a"
+    for i, loss in enumerate([0.3, 0.1, 0.2]):
+        write_job(a, i, [f"module.optimizer.lr={i}"], {"val/loss": loss}, optimized_metric="val/loss")
+    sweep.write_summary(a)
+    rows = read_csv(a / "summary.csv")
+    assert [r["job"] for r in rows] == ["1", "2", "0"]
+    assert [r["status"] for r in rows] == ["ok"] * 3  # metrics.json without status: written by train()
+    b = tmp_path / "b"
+    for i, v in enumerate([0.3, 0.1, 0.2]):
+        write_job(b, i, [f"x={i}"], {"status": "ok", "val/acc_best": v}, direction="minimize")
+    sweep.write_summary(b)
+    assert [r["job"] for r in read_csv(b / "summary.csv")] == ["1", "2", "0"]
+
+
+def test_cli_writes_and_prints_the_summary(tmp_path):
+    s = tmp_path / "sweep"
+    write_job(s, 0, ["model=cnn"], {"status": "ok", "val/acc_best": 0.5})
+    write_job(s, 1, ["model=attention"], {"status": "ok", "val/acc_best": 0.7})
+    res = subprocess.run([sys.executable, "-m", "stn.sweep", str(s)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "| 1 | 1 | ok | attention | 0.7000 |" in res.stdout
+    assert (s / "summary.csv").is_file() and (s / "summary.md").is_file()
+    assert sweep.main([str(tmp_path / "empty")]) == 2
+
+
+# -- run_task's failure branch ---------------------------------------------------------------------
+def _cfg(out: Path, optimized_metric: str = "val/acc_best"):
+    return OmegaConf.create({"paths": {"output_dir": str(out)}, "optimized_metric": optimized_metric})
+
+
+def test_run_task_records_a_failed_job_in_a_multirun(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(sweep, "in_multirun", lambda: True)
+
+    def diverges(cfg):
+        raise FloatingPointError("loss became NaN")
+
+    assert run_task(diverges, _cfg(tmp_path / "a")) is None
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert saved["status"] == "failed" and saved["error"] == "FloatingPointError: loss became NaN"
+    assert saved["time/wall_s"] >= 0
+    assert "Traceback" in caplog.text and "loss became NaN" in caplog.text
+
+    def missing(cfg):
+        raise DataMissingError("MNIST", Path("/nowhere"), "a hint", downloadable=False)
+
+    assert run_task(missing, _cfg(tmp_path / "b")) is None
+    error = json.loads((tmp_path / "b" / "metrics.json").read_text())["error"]
+    assert error.startswith("DataMissingError: MNIST not found in /nowhere.\na hint")
+
+    # a successful job: status ok, the metric for the sweeper; None when it is missing or NaN
+    assert run_task(lambda cfg: {"val/acc_best": 0.5}, _cfg(tmp_path / "c")) == 0.5
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text()) == {"status": "ok", "val/acc_best": 0.5}
+    assert run_task(lambda cfg: {"val/acc_best": float("nan")}, _cfg(tmp_path / "d")) is None
+    assert run_task(lambda cfg: {"val/acc": 0.5}, _cfg(tmp_path / "e")) is None
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C stops the sweep
+        run_task(interrupted, _cfg(tmp_path / "f"))
+
+
+def test_run_task_raises_outside_a_multirun(tmp_path):
+    assert not sweep.in_multirun()
+
+    def diverges(cfg):
+        raise FloatingPointError("loss became NaN")
+
+    with pytest.raises(FloatingPointError):
+        run_task(diverges, _cfg(tmp_path / "a"))
+    assert not (tmp_path / "a" / "metrics.json").exists()
+
+    def missing(cfg):
+        raise DataMissingError("MNIST", Path("/nowhere"), "a hint", downloadable=False)
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_task(missing, _cfg(tmp_path / "b"))
+    assert exit_info.value.code == 1
+    assert math.isnan(run_task(lambda cfg: {"val/acc": 0.5}, _cfg(tmp_path / "c")))
+
+
+def test_in_multirun_reads_the_hydra_mode():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfgs = {mode: compose("train", overrides=[f"hydra.mode={mode}"], return_hydra_config=True)
+                for mode in ("RUN", "MULTIRUN")}
+    try:
+        HydraConfig.instance().set_config(cfgs["MULTIRUN"])
+        assert sweep.in_multirun()
+        HydraConfig.instance().set_config(cfgs["RUN"])
+        assert not sweep.in_multirun()
+        callbacks = cfgs["RUN"].hydra.callbacks
+        assert callbacks.sweep_summary._target_ == "stn.sweep.SweepSummary"
+    finally:
+        HydraConfig.instance().cfg = None
+    assert not sweep.in_multirun()
+
+
+@needs_optuna
+@pytest.mark.filterwarnings("ignore:The ``declarative_base():DeprecationWarning")  # optuna 2.10 on SQLAlchemy 2
+def test_optuna_search_space_from_the_config():
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+    from optuna.distributions import CategoricalDistribution, LogUniformDistribution, UniformDistribution
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=attention_optuna"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper.storage is None and sweeper.direction == "maximize" and cfg.optimized_metric == "val/acc_best"
+    assert str(cfg.hydra.mode) in ("MULTIRUN", "RunMode.MULTIRUN")
+    space, fixed = create_params_from_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
+    assert fixed == {}
+    assert space["module.optimizer.lr"] == LogUniformDistribution(1e-4, 1e-2)
+    assert space["module.loc_lr_mult"] == LogUniformDistribution(0.01, 1.0)
+    assert space["model.box_head.min_scale"] == UniformDistribution(0.1, 0.6)
+    assert space["model.glimpse_size"] == CategoricalDistribution([14, 20, 28])
+
+
+# -- real sweeps -----------------------------------------------------------------------------------
+def hparams_of(tensorboard_dir: Path):
+    """(session start hparams as python values, session end status, scalars {tag: last value}) from event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(tensorboard_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    end = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_end_info"]).session_end_info
+    params = {}
+    for k, v in start.hparams.items():
+        kind = v.WhichOneof("kind")
+        params[k] = getattr(v, kind)
+    scalars = {tag: acc.Scalars(tag)[-1].value for tag in acc.Tags()["scalars"]}
+    return params, end.status, scalars
+
+
+@pytest.mark.slow
+def test_grid_sweep_goes_on_after_failed_jobs_and_writes_the_summary(tmp_path, tiny_mnist_dir):
+    """2x2 grid, the lr=1e30 jobs diverge: exit 0, both recorded as failed, both others ok and summarized."""
+    res = run_train(["-m", "model=attention,cnn", "module.optimizer.lr=1e-3,1e30", "module.scheduler=null",
+                     "module.nonfinite_check_every=1", *TINY, f"paths.log_dir={tmp_path}/logs"], tmp_path, tiny_mnist_dir)
+    assert res.returncode == 0, res.stderr[-4000:]
+    s = the_sweep(tmp_path / "logs")
+    jobs = {p.name: p for p in s.iterdir() if p.is_dir()}
+    assert sorted(jobs) == ["0", "1", "2", "3"]
+
+    rows = read_csv(s / "summary.csv")
+    assert len(rows) == 4
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed"]
+    assert {(r["model"], r["module.optimizer.lr"]) for r in rows[:2]} == {("attention", "0.001"), ("cnn", "0.001")}
+    assert {(r["model"], r["module.optimizer.lr"]) for r in rows[2:]} == {("attention", "1e+30"), ("cnn", "1e+30")}
+    best = [float(r["val/acc_best"]) for r in rows[:2]]
+    assert best == sorted(best, reverse=True)
+    for r in rows[:2]:
+        saved = json.loads((jobs[r["job"]] / "metrics.json").read_text())
+        assert saved["status"] == "ok"
+        for key in ("val/acc", "val/acc_best", "test/acc", "time/wall_s"):
+            assert float(r[key]) == pytest.approx(saved[key]), key
+        assert r["module.scheduler"] == "null" and r["trainer.max_epochs"] == "1"
+    for r in rows[2:]:
+        assert r["error"].startswith("NonFiniteLossError: training loss became NaN/Inf"), r["error"]
+        assert r["val/acc_best"] == "" and float(r["time/wall_s"]) > 0
+        saved = json.loads((jobs[r["job"]] / "metrics.json").read_text())
+        assert saved["status"] == "failed" and saved["error"] == r["error"]
+        log_text = (jobs[r["job"]] / "train.log").read_text()
+        assert "Traceback" in log_text and "NonFiniteLossError" in log_text
+    md = (s / "summary.md").read_text()
+    assert "4 jobs (2 ok, 2 failed)" in md and "| model | module.optimizer.lr |" in md
+    assert not (s / "summary_grouped.csv").exists()
+
+    # TensorBoard HParams: every hyperparameter beside the final metrics, per ok job
+    for r in rows[:2]:
+        params, status, scalars = hparams_of(jobs[r["job"]] / "tensorboard")
+        assert status == 1  # STATUS_SUCCESS
+        assert params["module/optimizer/lr"] == pytest.approx(1e-3)
+        assert params["seed"] == 12345
+        assert params["model/_target_"] == {"attention": "stn.models.AttentionModel", "cnn": "stn.models.CNNModel"}[r["model"]]
+        assert params["trainer/max_epochs"] == 1
+        assert ("model/box_head/min_scale" in params) == (r["model"] == "attention")
+        saved = json.loads((jobs[r["job"]] / "metrics.json").read_text())
+        for key in ("val/acc", "val/acc_best", "test/acc", "time/wall_s"):
+            assert scalars[key] == pytest.approx(saved[key], rel=1e-6), key
+
+
+@pytest.mark.slow
+@needs_optuna
+def test_optuna_search_goes_on_after_a_failed_trial(tmp_path, tiny_mnist_dir):
+    """3 trials of attention_optuna; lr is a choice of 1e-3 and 1e30 here, and with sampler seed 3
+    optuna 2.10 draws 1e30, 1e-3, 1e-3: the first trial diverges, is recorded as failed, the study
+    goes on and its best value is the best of the other two."""
+    res = run_train(["hparams_search=attention_optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=3",
+                     "module.optimizer.lr=choice(1e-3,1e30)", "module.scheduler=null", "module.nonfinite_check_every=1",
+                     *TINY, "logger=csv", f"paths.log_dir={tmp_path}/logs"], tmp_path, tiny_mnist_dir)
+    assert res.returncode == 0, res.stderr[-4000:]
+    s = the_sweep(tmp_path / "logs")
+    rows = read_csv(s / "summary.csv")
+    assert len(rows) == 3
+    statuses = {r["module.optimizer.lr"]: set() for r in rows}
+    for r in rows:
+        statuses[r["module.optimizer.lr"]].add(r["status"])
+    assert statuses.get("1e+30") == {"failed"} and statuses.get("0.001") == {"ok"}, (
+        f"expected both lr values among the trials, got {statuses}: pick another hydra.sweeper.sampler.seed")
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
+    for key in ("module.loc_lr_mult", "model.box_head.min_scale", "model.glimpse_size"):
+        assert all(r[key] for r in rows), key  # sampled by optuna, one column each
+    assert all(0.01 <= float(r["module.loc_lr_mult"]) <= 1.0 for r in rows)
+    results = yaml.safe_load((s / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(float(rows[0]["val/acc_best"]))
+    assert results["best_params"]["module.optimizer.lr"] == pytest.approx(1e-3)
+    md = (s / "summary.md").read_text()
+    assert "3 jobs (2 ok, 1 failed)" in md and "Optuna best value" in md
