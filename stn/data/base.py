@@ -182,9 +182,12 @@ class TensorDataModule(L.LightningDataModule):
         batch_size: training batch size (per process).
         eval_batch_size: validation/test batch size; default ``batch_size``.
         val_size: samples held out of the training split for validation (0: validate on test).
-        seed: seed for the validation split, shuffling and random transforms.
+        seed: seed for shuffling and random transforms (the run's seed).
         download: let torchvision download missing files.
         device: ``"auto"`` puts the data on the Trainer's device; or an explicit device.
+        split_seed: seed for what is held out for validation and for fixed generated splits;
+            separate from ``seed`` so runs with different seeds see the same validation and test
+            data.
     """
 
     #: class names in label order; set by subclasses
@@ -199,6 +202,8 @@ class TensorDataModule(L.LightningDataModule):
         seed: int = 0,
         download: bool = True,
         device: str = "auto",
+        *,
+        split_seed: int = 0,
     ) -> None:
         super().__init__()
         if val_size < 0:
@@ -208,6 +213,7 @@ class TensorDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.val_size = val_size
         self.seed = seed
+        self.split_seed = split_seed
         self.download = download
         self.device = device
         self.splits: Dict[str, TensorSplit] = {}
@@ -241,7 +247,7 @@ class TensorDataModule(L.LightningDataModule):
         if self.val_size >= len(train):
             raise ValueError(f"val_size={self.val_size} must be smaller than the training set ({len(train)})")
         if self.val_size:
-            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))
+            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed))
             self.splits = {
                 "train": train.subset(perm[self.val_size :]),
                 "val": train.subset(perm[: self.val_size]),

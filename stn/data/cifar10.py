@@ -71,13 +71,14 @@ class CIFAR10DataModule(TensorDataModule):
         eval_batch_size: Optional[int] = None,
         val_size: int = 5000,
         seed: int = 0,
+        split_seed: int = 0,
         download: bool = True,
         device: str = "auto",
         crop_padding: int = 4,
         padding_mode: str = "reflect",
         flip: bool = True,
     ) -> None:
-        super().__init__(data_dir, batch_size, eval_batch_size, val_size, seed, download, device)
+        super().__init__(data_dir, batch_size, eval_batch_size, val_size, seed, download, device, split_seed=split_seed)
         self.augment = CropFlip(crop_padding, padding_mode, flip)
 
     def load(self) -> Tuple[TensorSplit, TensorSplit]:

@@ -236,7 +236,7 @@ class ImageFolderDataModule(TensorDataModule):
 
     Args:
         data_dir: the folder holding ``train/`` and ``test/``.
-        batch_size, eval_batch_size, seed, device: as in :class:`~stn.data.base.TensorDataModule`.
+        batch_size, eval_batch_size, seed, split_seed, device: as in :class:`~stn.data.base.TensorDataModule`.
         val_size: without a ``val/`` folder, the number (int) or fraction (float < 1) of training
             images held out for validation (0: validate on ``test/``).
         image_size: final (H, W) of every image (int: square); None keeps the files' size, which
@@ -260,6 +260,7 @@ class ImageFolderDataModule(TensorDataModule):
         eval_batch_size: Optional[int] = None,
         val_size: Union[int, float] = 0.1,
         seed: int = 0,
+        split_seed: int = 0,
         device: str = "auto",
         image_size: Optional[Size] = None,
         resize: Optional[Size] = None,
@@ -274,7 +275,7 @@ class ImageFolderDataModule(TensorDataModule):
         max_memory_gb: float = 8.0,
         num_workers: Optional[int] = None,
     ) -> None:
-        super().__init__(data_dir, batch_size, eval_batch_size, 0, seed, False, device)
+        super().__init__(data_dir, batch_size, eval_batch_size, 0, seed, False, device, split_seed=split_seed)
         if val_size < 0 or (isinstance(val_size, float) and val_size >= 1):
             raise ValueError(f"val_size must be an int >= 0 or a fraction in [0, 1), got {val_size}")
         self.val_size = val_size
@@ -424,7 +425,7 @@ class ImageFolderDataModule(TensorDataModule):
             n = len(samples["train"])
             k = self._val_count(n)
             if k:
-                perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
+                perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
                 held_out, kept = perm[:k], perm[k:]
         if nbytes <= self.max_memory_gb * 2**30:
             data = {name: self._decode_split(name, folders[name], s) for name, s in samples.items()}
@@ -449,7 +450,7 @@ class ImageFolderDataModule(TensorDataModule):
             images = self.splits["train"].images
         else:
             train = self.streams["train"]
-            pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))[:2000]
+            pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed))[:2000]
             images = decode_files([train[i][0] for i in pick.tolist()], self.decoder, self.num_workers)
         # Exact, from per-channel histograms of the uint8 values: no float copy of the data.
         values = torch.arange(256, dtype=torch.float64) / 255

@@ -567,7 +567,7 @@ class _SyntheticMNIST(TensorDataModule):
         mean, std: per-channel normalization statistics of the canvases in [0, 1], for models
             that normalize; default: computed from the fixed validation canvases (test canvases
             when ``val_size == 0``), which triggers :meth:`setup` on first access.
-        batch_size, eval_batch_size, val_size, seed, download, device: as in
+        batch_size, eval_batch_size, val_size, seed, download, device, split_seed: as in
             :class:`~stn.data.base.TensorDataModule`.
     """
 
@@ -586,8 +586,11 @@ class _SyntheticMNIST(TensorDataModule):
         seed: int = 0,
         download: bool = True,
         device: str = "auto",
+        split_seed: int = 0,
     ) -> None:
-        super().__init__(data_dir, batch_size, eval_batch_size, val_size, seed, download, device)
+        super().__init__(
+            data_dir, batch_size, eval_batch_size, val_size, seed, download, device, split_seed=split_seed
+        )
         if not isinstance(fixed_train, bool):
             raise ValueError(f"fixed_train must be true or false, got {fixed_train!r}")
         for name, value in (("mean", mean), ("std", std)):
@@ -645,8 +648,8 @@ class _SyntheticMNIST(TensorDataModule):
         return load_mnist(self.data_dir, self.download)
 
     def generate(self, split: TensorSplit, tag: int) -> TensorSplit:
-        """Canvases for a whole split, on the CPU, from a generator seeded by ``(seed, tag)``."""
-        gen = torch.Generator().manual_seed(_mix(self.seed, 0x5EED, tag))
+        """Canvases for a whole split, on the CPU, from a generator seeded by ``(split_seed, tag)``."""
+        gen = torch.Generator().manual_seed(_mix(self.split_seed, 0x5EED, tag))
         images, boxes = [], []
         digits = split.images.cpu()
         for start in range(0, len(split), _CHUNK):

@@ -88,14 +88,14 @@ def test_mixed_sizes_need_image_size(tiny_imagefolder_dir, tmp_path):
 
 
 def test_val_fraction_is_seeded_and_disjoint(tiny_imagefolder_dir):
-    dm = module(tiny_imagefolder_dir, val_size=0.25, seed=3)
+    dm = module(tiny_imagefolder_dir, val_size=0.25, split_seed=3)
     dm.setup()
     train, val = rows(dm.splits["train"].images), rows(dm.splits["val"].images)
     assert len(train) == 45 and len(val) == 15 and not set(train) & set(val)
-    again = module(tiny_imagefolder_dir, val_size=15, seed=3)
+    again = module(tiny_imagefolder_dir, val_size=15, split_seed=3, seed=99)  # the run seed does not matter
     again.setup()
     assert rows(again.splits["val"].images) == val
-    other = module(tiny_imagefolder_dir, val_size=15, seed=4)
+    other = module(tiny_imagefolder_dir, val_size=15, split_seed=4)
     other.setup()
     assert rows(other.splits["val"].images) != val
     with pytest.raises(ValueError, match="val_size"):

@@ -33,15 +33,16 @@ def test_load_mnist_shapes_and_labels(tiny_mnist_dir):
 
 
 def test_validation_split_is_seeded_and_disjoint(tiny_mnist_dir):
-    dm = MNISTDataModule(str(tiny_mnist_dir), val_size=1000, seed=1, download=False)
+    dm = MNISTDataModule(str(tiny_mnist_dir), val_size=1000, split_seed=1, download=False)
     dm.setup()
     assert [len(dm.splits[k]) for k in ("train", "val", "test")] == [5000, 1000, 1000]
     train, val = rows(dm.splits["train"].images), rows(dm.splits["val"].images)
     assert not train & val and len(train | val) == 6000
-    again = MNISTDataModule(str(tiny_mnist_dir), val_size=1000, seed=1, download=False)
+    # the run's seed (shuffling) does not change what is held out
+    again = MNISTDataModule(str(tiny_mnist_dir), val_size=1000, split_seed=1, seed=7, download=False)
     again.setup()
     assert torch.equal(again.splits["val"].images, dm.splits["val"].images)
-    other = MNISTDataModule(str(tiny_mnist_dir), val_size=1000, seed=2, download=False)
+    other = MNISTDataModule(str(tiny_mnist_dir), val_size=1000, split_seed=2, download=False)
     other.setup()
     assert rows(other.splits["val"].images) != val
     # no held-out split: validate on the test set
