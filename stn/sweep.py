@@ -438,8 +438,8 @@ def render_markdown(s: Mapping[str, Any]) -> str:
     shown = [m for m in dict.fromkeys([metric, *MD_METRICS]) if m and m in metrics]
     lines = [f"# Sweep summary: {Path(s['sweep_dir']).name}", ""]
     state = ", ".join(f"{counts[k]} {k}" for k in ("ok", "failed", "incomplete") if counts.get(k))
-    lines.append(f"{len(rows)} jobs ({state or 'none'}). "
-                 + (f"Sorted by `{metric}` ({s['direction']}), failed jobs last." if metric else "No metric to sort by."))
+    order = f"Sorted by `{metric}` ({s['direction']}), failed jobs last." if metric else "No metric to sort by."
+    lines.append(f"{len(rows)} jobs ({state or 'none'}). {order}")
     if s["common"]:
         lines += ["", "Same in every job: " + ", ".join(f"`{k}={v}`" for k, v in s["common"].items())]
     best = _load_yaml(Path(s["sweep_dir"]) / "optimization_results.yaml")

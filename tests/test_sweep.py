@@ -109,7 +109,8 @@ def write_job(sweep_dir: Path, num: int, overrides: list[str], metrics: dict | N
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": 1, "optimized_metric": optimized_metric}))
     sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}
     if direction:
-        sweeper = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", "direction": direction}
+        sweeper = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+                   "direction": direction}
     (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": sweeper}}))
     if metrics is not None:
         (job / "metrics.json").write_text(json.dumps(metrics))
@@ -314,7 +315,8 @@ def hparams_of(tensorboard_dir: Path):
 def test_grid_sweep_goes_on_after_failed_jobs_and_writes_the_summary(tmp_path, tiny_mnist_dir):
     """2x2 grid, the lr=1e30 jobs diverge: exit 0, both recorded as failed, both others ok and summarized."""
     res = run_train(["-m", "model=attention,cnn", "module.optimizer.lr=1e-3,1e30", "module.scheduler=null",
-                     "module.nonfinite_check_every=1", *TINY, f"paths.log_dir={tmp_path}/logs"], tmp_path, tiny_mnist_dir)
+                     "module.nonfinite_check_every=1", *TINY, f"paths.log_dir={tmp_path}/logs"],
+                    tmp_path, tiny_mnist_dir)
     assert res.returncode == 0, res.stderr[-4000:]
     s = the_sweep(tmp_path / "logs")
     jobs = {p.name: p for p in s.iterdir() if p.is_dir()}
@@ -350,7 +352,8 @@ def test_grid_sweep_goes_on_after_failed_jobs_and_writes_the_summary(tmp_path, t
         assert status == 1  # STATUS_SUCCESS
         assert params["module/optimizer/lr"] == pytest.approx(1e-3)
         assert params["seed"] == 12345
-        assert params["model/_target_"] == {"attention": "stn.models.AttentionModel", "cnn": "stn.models.CNNModel"}[r["model"]]
+        target = {"attention": "stn.models.AttentionModel", "cnn": "stn.models.CNNModel"}[r["model"]]
+        assert params["model/_target_"] == target
         assert params["trainer/max_epochs"] == 1
         assert ("model/box_head/min_scale" in params) == (r["model"] == "attention")
         saved = json.loads((jobs[r["job"]] / "metrics.json").read_text())
