@@ -2,34 +2,46 @@
 
 An axis-aligned crop resampled to ``(h, w)`` is separable::
 
-    out[n, c] = Wy[n] @ images[b_n, c] @ Wx[n]^T        Wy: (h, H), Wx: (w, W)
+    out[n, c] = Wy[n] @ images[idx[n], c] @ Wx[n]^T        Wy: (h, H), Wx: (w, W)
 
-and both matrices are sparse: output row ``i`` reads ``T`` consecutive source rows ("taps"; two for
-bilinear, about ``2 * downscale`` with the anti-aliasing triangle filter). They are kept as tap
-lists, an index ``(N, out, T)`` (long) and a weight ``(N, out, T)``, and applied in two passes:
+and both matrices are sparse: output row ``i`` reads ``T`` consecutive source rows ("taps": two
+for bilinear, about ``2 * downscale`` for the anti-aliasing triangle filter). :func:`axis_taps`
+builds them as tap lists, an index (N, out, T) long and a weight (N, out, T) that autograd
+differentiates w.r.t. the boxes; :class:`_Separable` applies them with an analytic backward:
 
-* rows first: ``F.embedding_bag(mode="sum")`` over the images viewed as a ``(B*C*H, W)`` table of
-  rows. It reads only the rows each glimpse needs, straight from the batch (no ``images[idx]``
-  copy, however many boxes share an image), and its backward (w.r.t. the images and the tap
-  weights) is deterministic on CPU and CUDA (sorted segment sums, no atomics).
-* then columns: a gather along the last axis of the small ``(N, C*h, W)`` intermediate, with an
-  analytic backward (:class:`_ColumnTaps`).
+* rows first, ``F.embedding_bag(mode="sum")`` over the images viewed as a (B*C*H, W) table of
+  rows: it reads only the rows each glimpse needs, straight from the batch (no ``images[idx]``
+  copy however many boxes share an image);
+* then columns, gathers along the last axis of the (N, C*h, W) intermediate, or a dense ``bmm``
+  when the taps are many compared with W (anti-aliasing of small images).
 
-Why not dense matrix products: ``Wy @ img`` costs ``h*H*W`` per channel where the taps cost
-``T*h*W``; at 224x224 -> 64x64 the dense product is ~100x more arithmetic and measured slower than
-``grid_sample`` on CPU, while the tap passes are several times faster than it on every shape
-tried (``benchmarks/glimpse_speed.py``). Dense products only win when ``T`` approaches ``W``
-(extreme anti-aliased downscaling), where the column pass switches to ``bmm``.
+Dense products for the rows as well (``Wy @ img``) were measured slower on every benchmark shape:
+they cost ``H`` multiply-adds per intermediate value where the taps cost ``T`` memory passes, and
+batched small matmuls run far from peak. ``affine_grid`` + ``grid_sample`` reads 4 pixels per
+output, these two passes ``2 * (W/w) + 2`` per output, but in long contiguous runs.
+
+Backward: w.r.t. the images, ``index_add_`` of the weighted rows (CPU; sequential, hence
+deterministic) or the autograd of ``embedding_bag`` (other devices: sorted segment sums, no
+atomics); w.r.t. the tap weights, dot products of the incoming gradient with the tapped rows or
+columns. The column pass backward is a ``scatter_add_`` on CPU and a ``bmm`` with the dense
+``Wx`` elsewhere (CUDA's ``scatter_add_`` uses atomics). Dense matrices are built by one
+``scatter_add_`` per tap, which never writes one element twice within a call.
+
+On CPU, work runs in chunks of boxes so that temporaries stay in cache (the allocator returns big
+blocks to the OS and page-faults them back in on every call, which cost more than the compute),
+and with anti-aliasing the boxes are sorted by how many taps they need, each chunk running only
+those.
 
 Padding modes only change where taps land (``grid_sample`` semantics, ``align_corners=False``):
-``zeros`` drops out-of-range taps (weight 0; the caller adds ``fill * (1 - sum_y * sum_x)``),
-``border`` clamps them to the edge, ``reflection`` reflects them about the image edges.
+``zeros`` drops out-of-range taps (weight 0; :func:`stn.ops.glimpse` adds
+``fill * (1 - sum_y * sum_x)``), ``border`` clamps them to the edge, ``reflection`` reflects them
+about the image edges.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +49,9 @@ from torch import Tensor
 
 PADDING_MODES = ("zeros", "border", "reflection")
 
-# Column pass: gather taps while T * _DENSE_COLUMNS_RATIO < W, else a dense bmm.
-_DENSE_COLUMNS_RATIO = 4
+# Column pass: gather taps while T * _DENSE_RATIO < W, else a dense bmm (measured on CPU:
+# the bmm costs ~W multiply-adds per output, the taps ~T memory passes of 5-6 ops each).
+_DENSE_RATIO = 24
 # Backward strategies; "auto" picks by device. Tests force the others to cover both on CPU.
 #   rows:    "index_add" (CPU: sequential, deterministic) | "embedding_bag" (its autograd: sorted
 #            segment sums, deterministic on CUDA too)
@@ -47,7 +60,7 @@ _ROW_GRAD = "auto"
 _COLUMN_GRAD = "auto"
 # CPU work is done in chunks of boxes whose (C*h, W) intermediates hold about this many elements,
 # so temporaries stay in cache and are recycled by the allocator instead of being page-faulted in.
-_CHUNK_ELEMS = 1 << 17
+_CHUNK_ELEMS = 1 << 18
 
 _MAX_TAP = float(2**30)  # taps are clamped to this before the cast to long (huge finite boxes)
 
@@ -126,50 +139,70 @@ def _dense_columns(kx: Tensor, wx: Tensor, in_size: int) -> Tensor:
     return dense
 
 
-def _chunks(n: int, per_item: int, device: torch.device):
-    """Slices of range(n) of about _CHUNK_ELEMS / per_item items each (one slice off CPU)."""
-    if device.type != "cpu":
-        yield slice(0, n)
-        return
-    step = max(1, _CHUNK_ELEMS // max(1, per_item))
-    for start in range(0, n, step):
-        yield slice(start, min(n, start + step))
+def _plan(wy: Tensor, wx: Tensor, per_box: int):
+    """Chunks of boxes: a list of (selection, Ty, Tx); selection is a slice or a (k,) index tensor.
+
+    Off CPU: one chunk with every box and every tap (no host synchronization). On CPU: chunks of
+    about ``_CHUNK_ELEMS / per_box`` boxes. With more than two taps (anti-aliasing), boxes are
+    sorted by the number of taps they use (taps past a box's last non-zero weight are zero, with
+    zero gradient) and each chunk runs only the taps its boxes need: small boxes do not pay for
+    the largest one.
+    """
+    n, _, ty = wy.shape
+    tx = wx.shape[1]
+    if wy.device.type != "cpu":
+        return [(slice(0, n), ty, tx)]
+    step = max(1, _CHUNK_ELEMS // max(1, per_box))
+    if ty <= 2 and tx <= 2:
+        return [(slice(s, min(n, s + step)), ty, tx) for s in range(0, n, step)]
+    with torch.no_grad():
+        need_y = ((wy != 0).any(1) * torch.arange(1, ty + 1)).amax(-1).clamp(min=1)  # (N,)
+        need_x = ((wx != 0).any(2) * torch.arange(1, tx + 1)).amax(-1).clamp(min=1)
+        order = torch.argsort(need_y * (tx + 1) + need_x, stable=True)
+        sorted_y, sorted_x = need_y[order].tolist(), need_x[order].tolist()
+    return [
+        (order[s : s + step], max(sorted_y[s : s + step]), max(sorted_x[s : s + step])) for s in range(0, n, step)
+    ]
+
+
+def _take(x: Tensor, sel) -> Tensor:
+    return x[sel] if isinstance(sel, slice) else x.index_select(0, sel)
 
 
 class _Separable(torch.autograd.Function):
-    """out[n, (c, i), j] = sum_{t, s} wy[n, i, t] wx[n, s, j] table[bags[(n, c, i), t], kx[n, s, j]].
+    """out[n, (c, i), j] = sum_{t, s} wy[n, i, t] wx[n, s, j] table[rows[n, c, i, t], kx[n, s, j]].
 
-    table: (B*C*H, W) image rows; bags: (N*C*h, Ty) long rows of ``table``; wy: (N, h, Ty);
+    table: (B*C*H, W) image rows; rows: (N, C, h, Ty) long rows of ``table``; wy: (N, h, Ty);
     kx: (N, Tx, w) long; wx: (N, Tx, w). Returns (N, C*h, w). Row pass with ``embedding_bag``,
     column pass with gathers (or a dense bmm for many taps); backward analytic, in chunks of boxes.
     """
 
     @staticmethod
-    def forward(ctx, table: Tensor, bags: Tensor, wy: Tensor, kx: Tensor, wx: Tensor, channels: int):  # type: ignore[override]
-        n, h, ty = wy.shape
-        tx, w = kx.shape[1], kx.shape[2]
+    def forward(ctx, table: Tensor, rows: Tensor, wy: Tensor, kx: Tensor, wx: Tensor):  # type: ignore[override]
+        n, channels, h, _ = rows.shape
+        w = kx.shape[2]
         w_in = table.shape[1]
         m = channels * h
-        dense = tx * _DENSE_COLUMNS_RATIO >= w_in
-        psw = wy[:, None].expand(n, channels, h, ty).reshape(n * m, ty)
         out = table.new_empty(n, m, w)
-        for sl in _chunks(n, m * w_in, table.device):
-            rows = F.embedding_bag(
-                bags[sl.start * m : sl.stop * m], table, per_sample_weights=psw[sl.start * m : sl.stop * m], mode="sum"
-            ).view(-1, m, w_in)
-            _columns(rows, kx[sl], wx[sl], dense, out=out[sl])
-        ctx.save_for_backward(table, bags, wy, kx, wx)
-        ctx.channels = channels
-        ctx.dense = dense
+        plan = _plan(wy, wx, m * w_in)
+        for sel, ty, tx in plan:
+            bags, psw = _row_taps(rows, wy, sel, ty)
+            inter = F.embedding_bag(bags, table, per_sample_weights=psw, mode="sum").view(-1, m, w_in)
+            kxc, wxc = _take(kx, sel)[:, :tx], _take(wx, sel)[:, :tx]
+            if isinstance(sel, slice):
+                _columns(inter, kxc, wxc, out=out[sel])
+            else:
+                out.index_copy_(0, sel, _columns(inter, kxc, wxc))
+        ctx.save_for_backward(table, rows, wy, kx, wx)
+        ctx.plan = plan
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        table, bags, wy, kx, wx = ctx.saved_tensors
-        channels, dense = ctx.channels, ctx.dense
-        n, h, ty = wy.shape
-        tx, w = kx.shape[1], kx.shape[2]
+        table, rows, wy, kx, wx = ctx.saved_tensors
+        n, channels, h, _ = rows.shape
+        w = kx.shape[2]
         w_in = table.shape[1]
         m = channels * h
         cpu = table.device.type == "cpu"
@@ -177,63 +210,98 @@ class _Separable(torch.autograd.Function):
         col_grad = _COLUMN_GRAD if _COLUMN_GRAD != "auto" else ("scatter" if cpu else "dense")
         need_table, need_wy, need_wx = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[4]
         grad = grad.contiguous()
-        psw = wy[:, None].expand(n, channels, h, ty).reshape(n * m, ty)
         grad_table = torch.zeros_like(table) if need_table else None
-        grad_psw = table.new_empty(n * m, ty) if need_wy else None
-        grad_wx = table.new_empty(n, tx, w) if need_wx else None
-        for sl in _chunks(n, m * w_in, table.device):
-            rsl = slice(sl.start * m, sl.stop * m)
-            g, kxc, wxc = grad[sl], kx[sl], wx[sl]
-            bags_c, psw_c = bags[rsl], psw[rsl]
+        grad_wy = torch.zeros_like(wy) if need_wy else None
+        grad_wx = torch.zeros_like(wx) if need_wx else None
+        work = vwork = None
+        for sel, ty, tx in ctx.plan:
+            g = _take(grad, sel)
+            kxc, wxc = _take(kx, sel)[:, :tx], _take(wx, sel)[:, :tx]
+            bags, psw = _row_taps(rows, wy, sel, ty)
             nc = g.shape[0]
+            dense = tx * _DENSE_RATIO >= w_in
             if need_wx:
-                rows = F.embedding_bag(bags_c, table, per_sample_weights=psw_c, mode="sum").view(nc, m, w_in)
+                inter = F.embedding_bag(bags, table, per_sample_weights=psw, mode="sum").view(nc, m, w_in)
                 if dense:
-                    # dL/dWx = G^T rows, read at the taps
-                    full = torch.bmm(g.transpose(1, 2), rows)  # (nc, w, W)
-                    grad_wx[sl] = full.gather(2, kxc.transpose(1, 2)).transpose(1, 2)
+                    # dL/dWx = G^T inter, read at the taps
+                    full = torch.bmm(g.transpose(1, 2), inter)  # (nc, w, W)
+                    gwx = full.gather(2, kxc.transpose(1, 2)).transpose(1, 2)
                 else:
-                    for i in range(tx):
-                        tap = rows.gather(2, kxc[:, None, i].expand(nc, m, w))
-                        grad_wx[sl, i] = torch.linalg.vecdot(g.transpose(1, 2), tap.transpose(1, 2))
+                    gwx = torch.stack(
+                        [
+                            torch.linalg.vecdot(g, inter.gather(2, kxc[:, None, i].expand(nc, m, w)), dim=1)
+                            for i in range(tx)
+                        ],
+                        dim=1,
+                    )
+                _put(grad_wx, sel, tx, gwx)
             if not (need_table or need_wy):
                 continue
             # Column pass backward: v = G @ Wx, (nc, m, W)
             if dense or col_grad == "dense":
                 v = torch.bmm(g, _dense_columns(kxc, wxc, w_in))
             else:
-                v = g.new_zeros(nc, m, w_in)
+                if vwork is None or vwork.numel() < nc * m * w_in:
+                    vwork = g.new_empty(nc * m * w_in)
+                v = vwork[: nc * m * w_in].view(nc, m, w_in).zero_()
                 for i in range(tx):
                     v.scatter_add_(2, kxc[:, None, i].expand(nc, m, w), g * wxc[:, None, i])
             v = v.view(nc * m, w_in)
             if row_grad == "embedding_bag":
-                leaves = []
                 with torch.enable_grad():
                     tab = table.detach().requires_grad_(need_table)
-                    pw = psw_c.detach().requires_grad_(need_wy)
-                    rows = F.embedding_bag(bags_c, tab, per_sample_weights=pw, mode="sum")
-                    leaves = [x for x in (tab, pw) if x.requires_grad]
-                    grads = list(torch.autograd.grad(rows, leaves, v))
+                    pw = psw.detach().requires_grad_(need_wy)
+                    inter = F.embedding_bag(bags, tab, per_sample_weights=pw, mode="sum")
+                    grads = list(torch.autograd.grad(inter, [x for x in (tab, pw) if x.requires_grad], v))
                 if need_table:
                     grad_table += grads.pop(0)
+                gpsw = grads.pop(0) if need_wy else None
+            else:
+                gpsw = table.new_empty(ty, nc * m) if need_wy else None
+                r = v.shape[0]
+                if work is None or work.shape[0] < r:
+                    work = table.new_empty(r, w_in)
+                buf = work[:r]
+                for i in range(ty):
+                    index = bags[:, i]
+                    if need_wy:
+                        torch.index_select(table, 0, index, out=buf)
+                        torch.linalg.vecdot(v, buf, out=gpsw[i])
+                    if need_table:
+                        torch.mul(v, psw[:, i : i + 1], out=buf)
+                        grad_table.index_add_(0, index, buf)
                 if need_wy:
-                    grad_psw[rsl] = grads.pop(0)
-                continue
-            for i in range(ty):
-                index = bags_c[:, i]
-                if need_wy:
-                    grad_psw[rsl, i] = torch.linalg.vecdot(v, table.index_select(0, index))
-                if need_table:
-                    grad_table.index_add_(0, index, v * psw_c[:, i : i + 1])
-        grad_wy = grad_psw.view(n, channels, h, ty).sum(1) if need_wy else None
-        return grad_table, None, grad_wy, None, grad_wx, None
+                    gpsw = gpsw.t()
+            if need_wy:
+                _put(grad_wy, sel, ty, gpsw.view(nc, channels, h, ty).sum(1), last=True)
+        return grad_table, None, grad_wy, None, grad_wx
 
 
-def _columns(rows: Tensor, kx: Tensor, wx: Tensor, dense: bool, out: Tensor) -> Tensor:
-    """Column pass into ``out`` (n, m, w): out[n, m, j] = sum_t wx[n, t, j] rows[n, m, kx[n, t, j]]."""
+def _row_taps(rows: Tensor, wy: Tensor, sel, ty: int):
+    """Bags (k*C*h, ty) and their weights for the boxes ``sel``, first ``ty`` taps."""
+    r = _take(rows, sel)[..., :ty]
+    nc, c, h, _ = r.shape
+    wyc = _take(wy, sel)[..., :ty]
+    return r.reshape(nc * c * h, ty), wyc[:, None].expand(nc, c, h, ty).reshape(nc * c * h, ty)
+
+
+def _put(dst: Tensor, sel, t: int, val: Tensor, last: bool = False) -> None:
+    """dst[sel, :t] = val (or dst[sel, ..., :t] with ``last``), sel a slice or unique indices."""
+    if isinstance(sel, slice):
+        (dst[sel, ..., :t] if last else dst[sel, :t]).copy_(val)
+    elif last:
+        dst[sel, ..., :t] = val
+    else:
+        dst[sel, :t] = val
+
+
+def _columns(rows: Tensor, kx: Tensor, wx: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """Column pass (n, m, w): out[n, m, j] = sum_t wx[n, t, j] rows[n, m, kx[n, t, j]]."""
     n, m, w_in = rows.shape
     t, w = kx.shape[1], kx.shape[2]
-    if dense:
+    if out is None:
+        out = rows.new_empty(n, m, w)
+    if t * _DENSE_RATIO >= w_in:
         return torch.bmm(rows, _dense_columns(kx, wx, w_in).transpose(1, 2), out=out)
     torch.gather(rows, 2, kx[:, None, 0].expand(n, m, w), out=out).mul_(wx[:, None, 0])
     for i in range(1, t):
@@ -254,10 +322,10 @@ def separable_sample(images: Tensor, idx: Tensor, ky: Tensor, wy: Tensor, kx: Te
     n, h, t = ky.shape
     w = kx.shape[1]
     table = images.reshape(b * c * h_in, w_in)
-    # Row (n, c, i) of the intermediate sums rows (idx[n], c, ky[n, i, :]) of the image batch.
+    # Tap t of row (n, c, i) of the intermediate is row (idx[n], c, ky[n, i, t]) of the image batch.
     base = (idx * (c * h_in))[:, None, None, None] + (torch.arange(c, device=idx.device) * h_in)[:, None, None]
-    bags = (base + ky[:, None]).reshape(n * c * h, t)
+    rows = base + ky[:, None]  # (N, C, h, Ty)
     # (N, T, w) contiguous taps: per-tap slices broadcast without strides in the column pass.
     kx_t = kx.transpose(1, 2).contiguous()
     wx_t = wx.transpose(1, 2).contiguous()
-    return _Separable.apply(table, bags, wy.contiguous(), kx_t, wx_t, c).view(n, c, h, w)
+    return _Separable.apply(table, rows, wy.contiguous(), kx_t, wx_t).view(n, c, h, w)

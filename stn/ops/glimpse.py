@@ -143,14 +143,16 @@ def glimpse(
     if flat.device != images.device:
         raise ValueError(f"boxes must be on the device of images ({images.device}), got {flat.device}")
     fill_values = _fill_values(fill, channels, images, padding_mode)
-    flat = flat.to(images.dtype)
+    # Sample positions and weights in at least float32: half precision cannot even tell 200.1 from
+    # 200.2. The weights are cast to the images' dtype for the sampling itself.
+    flat = flat.to(torch.promote_types(images.dtype, torch.float32))
     n = flat.shape[0]
     if n == 0:
         # Empty result that is still part of the graph, so that backward() gives zero gradients.
         link = images.reshape(-1)[:0].sum() + flat.reshape(-1)[:0].sum()
         if fill_values is not None:
             link = link + fill_values[:0].sum()
-        return (images.new_zeros(*lead, channels, h, w) + link).reshape(*lead, channels, h, w)
+        return (images.new_zeros(*lead, channels, h, w) + link.to(images.dtype)).reshape(*lead, channels, h, w)
 
     finite = torch.isfinite(flat).all(-1)  # (N,)
     # On CPU, skip the masking when every box is finite (the common case); on CUDA always mask
@@ -162,11 +164,11 @@ def glimpse(
     x1, y1, x2, y2 = flat.unbind(-1)
     ky, wy = axis_taps(y1, y2, h, height, antialias=antialias, padding_mode=padding_mode)
     kx, wx = axis_taps(x1, x2, w, width, antialias=antialias, padding_mode=padding_mode)
-    out = separable_sample(images, idx, ky, wy, kx, wx)
+    out = separable_sample(images, idx, ky, wy.to(images.dtype), kx, wx.to(images.dtype))
     if fill_values is not None:
         # Outside taps carry weight 0 above; they should carry `fill`: add fill * (their weight).
         inside = wy.sum(-1)[:, :, None] * wx.sum(-1)[:, None, :]  # (N, h, w)
-        out = out + fill_values[:, None, None] * (1 - inside)[:, None]
+        out = out + (fill_values[:, None, None] * (1 - inside)[:, None]).to(out.dtype)
     if mask_bad:
         nan = torch.full((), float("nan"), dtype=out.dtype, device=out.device)
         out = torch.where(finite[:, None, None, None], out, nan)
