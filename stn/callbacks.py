@@ -7,9 +7,12 @@ from typing import Any, Dict, List, Optional
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, make_grid
+
+from stn.lit import NonFiniteLossError
 
 PRED_COLOR = "red"
 TRUE_COLOR = "lime"
@@ -151,3 +154,13 @@ class SaveConfig(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: Dict[str, Any]) -> None:
         checkpoint["stn_config"] = self.config
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that keeps ``last.ckpt`` resumable: saved after every epoch and when a
+    run crashes or is interrupted, but not when training diverged (NaN/Inf loss), so the file
+    keeps the last finite weights instead of the diverged ones."""
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, NonFiniteLossError):
+            super().on_exception(trainer, pl_module, exception)

@@ -154,6 +154,9 @@ def test_diverged_loss_stops_with_clear_error(tmp_path, tiny_mnist_dir):
 
     with pytest.raises(NonFiniteLossError, match="NaN/Inf"):
         train(cfg)
+    # diverged weights are not saved as last.ckpt (a plain ModelCheckpoint with save_on_exception
+    # would write them there); it diverged in epoch 0, so there is no checkpoint at all
+    assert not (tmp_path / "nan" / "checkpoints" / "last.ckpt").exists()
 
 
 def run_cli(script: str, args: list[str], cwd: Path, env_extra: dict | None = None, timeout: int = 300):
