@@ -61,6 +61,7 @@ _COLUMN_GRAD = "auto"
 # CPU work is done in chunks of boxes whose (C*h, W) intermediates hold about this many elements,
 # so temporaries stay in cache and are recycled by the allocator instead of being page-faulted in.
 _CHUNK_ELEMS = 1 << 18
+_CPU_CHUNKS = True  # False: one chunk with all taps, as on CUDA (tests)
 
 _MAX_TAP = float(2**30)  # taps are clamped to this before the cast to long (huge finite boxes)
 
@@ -86,8 +87,10 @@ def axis_taps(
 
     Returns:
         index (N, out_size, T) long in ``[0, in_size)``, weight (N, out_size, T) (differentiable
-        w.r.t. ``lo`` and ``hi``). With ``"zeros"`` the weights of a row sum to the fraction of the
-        sample inside the image; otherwise to 1.
+        w.r.t. ``lo`` and ``hi``), and count (N,) long, the taps each box uses: its taps ``t >=
+        count[n]`` lie strictly outside its filter (weight 0 and zero gradient), so they may be
+        skipped. With ``"zeros"`` the weights of a row sum to the fraction of the sample inside
+        the image; otherwise to 1.
     """
     dtype, device = lo.dtype, lo.device
     step = (hi - lo) / out_size
@@ -97,17 +100,27 @@ def axis_taps(
     half = step.abs().clamp(min=1.0) if antialias else None
     a_max = float(half.detach().max()) if half is not None and half.numel() else 1.0
     if a_max <= 1.0:
+        count = torch.full((lo.shape[0],), 2, dtype=torch.long, device=device)
         k0 = u.detach().floor()
         frac = u - k0
         k = torch.stack([k0, k0 + 1], dim=-1)
         weight = torch.stack([1 - frac, frac], dim=-1)
     else:
         taps = max(2, math.ceil(2 * a_max))
+        # the first tap is > u - a, so tap t >= 2a is more than a past u: outside the triangle
+        count = torch.ceil(2 * half.detach()).long().clamp(2, taps)
         a = half[:, None, None]
-        # first tap: smallest k with |k - u| < a
+        # first tap: smallest k with k - u > -a
         k0 = (u.detach()[..., None] - a.detach()).floor() + 1
         k = k0 + torch.arange(taps, dtype=dtype, device=device)
-        raw = (1 - (k - u[..., None]).abs() / a).clamp(min=0)
+        d = k - u[..., None]
+        dd = d.detach()
+        # Triangle 1 - |d| / a on -a < d <= a. At its kinks (d = 0, d = a) autograd takes the
+        # derivative from the right in u (u a hair larger, d a hair smaller), as floor() does for
+        # the bilinear taps: at a = 1 both give the same values and the same gradients, also at
+        # pixel centres (abs() and clamp() would give a zero gradient there).
+        dist = torch.where(dd <= 0, -d, d)
+        raw = torch.where((dd > -a.detach()) & (dd <= a.detach()), 1 - dist / a, torch.zeros((), dtype=dtype, device=device))
         weight = raw / raw.sum(-1, keepdim=True)
     k = k.clamp(-_MAX_TAP, _MAX_TAP).long()
     if padding_mode == "zeros":
@@ -123,7 +136,7 @@ def axis_taps(
         k = torch.where(m >= in_size, 2 * in_size - 1 - m, m)
     else:  # pragma: no cover - validated by the caller
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-    return k, weight
+    return k, weight, count
 
 
 def _dense_columns(kx: Tensor, wx: Tensor, in_size: int) -> Tensor:
@@ -139,27 +152,23 @@ def _dense_columns(kx: Tensor, wx: Tensor, in_size: int) -> Tensor:
     return dense
 
 
-def _plan(wy: Tensor, wx: Tensor, per_box: int):
+def _plan(cy: Tensor, cx: Tensor, ty: int, tx: int, per_box: int):
     """Chunks of boxes: a list of (selection, Ty, Tx); selection is a slice or a (k,) index tensor.
 
+    cy, cx: (N,) taps each box uses along y and x (:func:`axis_taps`), ty, tx: their maxima.
     Off CPU: one chunk with every box and every tap (no host synchronization). On CPU: chunks of
     about ``_CHUNK_ELEMS / per_box`` boxes. With more than two taps (anti-aliasing), boxes are
-    sorted by the number of taps they use (taps past a box's last non-zero weight are zero, with
-    zero gradient) and each chunk runs only the taps its boxes need: small boxes do not pay for
-    the largest one.
+    sorted by the number of taps they use and each chunk runs only the taps its boxes need: small
+    boxes do not pay for the largest one.
     """
-    n, _, ty = wy.shape
-    tx = wx.shape[1]
-    if wy.device.type != "cpu":
+    n = cy.shape[0]
+    if cy.device.type != "cpu" or not _CPU_CHUNKS:
         return [(slice(0, n), ty, tx)]
     step = max(1, _CHUNK_ELEMS // max(1, per_box))
     if ty <= 2 and tx <= 2:
         return [(slice(s, min(n, s + step)), ty, tx) for s in range(0, n, step)]
-    with torch.no_grad():
-        need_y = ((wy != 0).any(1) * torch.arange(1, ty + 1)).amax(-1).clamp(min=1)  # (N,)
-        need_x = ((wx != 0).any(2) * torch.arange(1, tx + 1)).amax(-1).clamp(min=1)
-        order = torch.argsort(need_y * (tx + 1) + need_x, stable=True)
-        sorted_y, sorted_x = need_y[order].tolist(), need_x[order].tolist()
+    order = torch.argsort(cy * (tx + 1) + cx, stable=True)
+    sorted_y, sorted_x = cy[order].tolist(), cx[order].tolist()
     return [
         (order[s : s + step], max(sorted_y[s : s + step]), max(sorted_x[s : s + step])) for s in range(0, n, step)
     ]
@@ -178,13 +187,12 @@ class _Separable(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, table: Tensor, rows: Tensor, wy: Tensor, kx: Tensor, wx: Tensor):  # type: ignore[override]
+    def forward(ctx, table: Tensor, rows: Tensor, wy: Tensor, kx: Tensor, wx: Tensor, plan):  # type: ignore[override]
         n, channels, h, _ = rows.shape
         w = kx.shape[2]
         w_in = table.shape[1]
         m = channels * h
         out = table.new_empty(n, m, w)
-        plan = _plan(wy, wx, m * w_in)
         for sel, ty, tx in plan:
             bags, psw = _row_taps(rows, wy, sel, ty)
             inter = F.embedding_bag(bags, table, per_sample_weights=psw, mode="sum").view(-1, m, w_in)
@@ -274,7 +282,7 @@ class _Separable(torch.autograd.Function):
                     gpsw = gpsw.t()
             if need_wy:
                 _put(grad_wy, sel, ty, gpsw.view(nc, channels, h, ty).sum(1), last=True)
-        return grad_table, None, grad_wy, None, grad_wx
+        return grad_table, None, grad_wy, None, grad_wx, None
 
 
 def _row_taps(rows: Tensor, wy: Tensor, sel, ty: int):
@@ -309,18 +317,20 @@ def _columns(rows: Tensor, kx: Tensor, wx: Tensor, out: Optional[Tensor] = None)
     return out
 
 
-def separable_sample(images: Tensor, idx: Tensor, ky: Tensor, wy: Tensor, kx: Tensor, wx: Tensor) -> Tensor:
+def separable_sample(
+    images: Tensor, idx: Tensor, ky: Tensor, wy: Tensor, cy: Tensor, kx: Tensor, wx: Tensor, cx: Tensor
+) -> Tensor:
     """Apply row and column taps: (N, C, h, w) glimpses of ``images[idx]``.
 
     Args:
         images: (B, C, H, W).
         idx: (N,) long, image of each glimpse.
-        ky, wy: (N, h, Ty) row taps (index into H, weight).
-        kx, wx: (N, w, Tx) column taps (index into W, weight).
+        ky, wy, cy: (N, h, Ty) row taps (index into H, weight) and (N,) taps used per box.
+        kx, wx, cx: (N, w, Tx) column taps (index into W, weight) and (N,) taps used per box.
     """
     b, c, h_in, w_in = images.shape
     n, h, t = ky.shape
-    w = kx.shape[1]
+    w, tx = kx.shape[1], kx.shape[2]
     table = images.reshape(b * c * h_in, w_in)
     # Tap t of row (n, c, i) of the intermediate is row (idx[n], c, ky[n, i, t]) of the image batch.
     base = (idx * (c * h_in))[:, None, None, None] + (torch.arange(c, device=idx.device) * h_in)[:, None, None]
@@ -328,4 +338,5 @@ def separable_sample(images: Tensor, idx: Tensor, ky: Tensor, wy: Tensor, kx: Te
     # (N, T, w) contiguous taps: per-tap slices broadcast without strides in the column pass.
     kx_t = kx.transpose(1, 2).contiguous()
     wx_t = wx.transpose(1, 2).contiguous()
-    return _Separable.apply(table, rows, wy.contiguous(), kx_t, wx_t).view(n, c, h, w)
+    plan = _plan(cy, cx, t, tx, c * h * w_in)
+    return _Separable.apply(table, rows, wy.contiguous(), kx_t, wx_t, plan).view(n, c, h, w)

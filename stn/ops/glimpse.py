@@ -101,7 +101,10 @@ def glimpse(
     Returns:
         (B, C, h, w), (B, K, C, h, w) or (N, C, h, w) glimpses, dtype and device of ``images``.
         Differentiable w.r.t. ``images``, ``boxes`` (also with ``antialias``) and a tensor ``fill``.
-        The backward is deterministic (no atomics) on CPU and CUDA.
+        The backward is deterministic (no atomics) on CPU and CUDA. Where a sample point sits
+        exactly on a pixel centre (or, anti-aliased, a filter edge on one), interpolation has a
+        kink; the gradient there is the derivative from the right, as if the sample were a hair
+        further right or down (never zero by convention, so integer-aligned boxes can move).
 
     Special boxes:
         * Zero-size boxes (``x1 == x2``) repeat one sample; outputs and gradients stay finite.
@@ -162,9 +165,9 @@ def glimpse(
         flat = torch.where(finite[:, None], flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
 
     x1, y1, x2, y2 = flat.unbind(-1)
-    ky, wy = axis_taps(y1, y2, h, height, antialias=antialias, padding_mode=padding_mode)
-    kx, wx = axis_taps(x1, x2, w, width, antialias=antialias, padding_mode=padding_mode)
-    out = separable_sample(images, idx, ky, wy.to(images.dtype), kx, wx.to(images.dtype))
+    ky, wy, cy = axis_taps(y1, y2, h, height, antialias=antialias, padding_mode=padding_mode)
+    kx, wx, cx = axis_taps(x1, x2, w, width, antialias=antialias, padding_mode=padding_mode)
+    out = separable_sample(images, idx, ky, wy.to(images.dtype), cy, kx, wx.to(images.dtype), cx)
     if fill_values is not None:
         # Outside taps carry weight 0 above; they should carry `fill`: add fill * (their weight).
         inside = wy.sum(-1)[:, :, None] * wx.sum(-1)[:, None, :]  # (N, h, w)

@@ -62,16 +62,17 @@ def random_boxes(n, height, width, generator, *, inside=False, min_size=1.0, dty
 
 
 @contextlib.contextmanager
-def glimpse_paths(*, rows="auto", columns="auto", chunk=None, dense_ratio=None):
+def glimpse_paths(*, rows="auto", columns="auto", chunk=None, dense_ratio=None, chunks=True):
     """Force the private code paths of stn.ops._separable (restored afterwards).
 
     rows: "index_add" | "embedding_bag" | "auto"; columns: "scatter" | "dense" | "auto";
     chunk: elements per CPU chunk (small values give one box per chunk); dense_ratio: 0 forces
-    gathered columns, a large value dense bmm columns.
+    gathered columns, a large value dense bmm columns; chunks=False: one chunk with every tap,
+    as on CUDA (no sorting or skipping of taps).
     """
     module = importlib.import_module("stn.ops._separable")
-    saved = (module._ROW_GRAD, module._COLUMN_GRAD, module._CHUNK_ELEMS, module._DENSE_RATIO)
-    module._ROW_GRAD, module._COLUMN_GRAD = rows, columns
+    saved = (module._ROW_GRAD, module._COLUMN_GRAD, module._CHUNK_ELEMS, module._DENSE_RATIO, module._CPU_CHUNKS)
+    module._ROW_GRAD, module._COLUMN_GRAD, module._CPU_CHUNKS = rows, columns, chunks
     if chunk is not None:
         module._CHUNK_ELEMS = chunk
     if dense_ratio is not None:
@@ -79,7 +80,7 @@ def glimpse_paths(*, rows="auto", columns="auto", chunk=None, dense_ratio=None):
     try:
         yield
     finally:
-        module._ROW_GRAD, module._COLUMN_GRAD, module._CHUNK_ELEMS, module._DENSE_RATIO = saved
+        module._ROW_GRAD, module._COLUMN_GRAD, module._CHUNK_ELEMS, module._DENSE_RATIO, module._CPU_CHUNKS = saved
 
 
 # Every combination of backward strategies and chunking that a device may take, runnable on CPU:
@@ -87,7 +88,7 @@ def glimpse_paths(*, rows="auto", columns="auto", chunk=None, dense_ratio=None):
 # one box per chunk (sorted chunks with anti-aliasing), and dense/gathered columns forced.
 GLIMPSE_PATHS = {
     "cpu-default": {},
-    "cuda-like": {"rows": "embedding_bag", "columns": "dense", "chunk": 1 << 40},
+    "cuda-like": {"rows": "embedding_bag", "columns": "dense", "chunks": False},
     "tiny-chunks": {"chunk": 1},
     "dense-columns": {"dense_ratio": 1e9, "chunk": 64},
     "gathered-columns": {"dense_ratio": 0.0},

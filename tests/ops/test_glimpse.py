@@ -233,6 +233,20 @@ def test_antialias_changes_nothing_when_upsampling(glimpse_gen):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+def test_antialias_gradient_at_pixel_centres_matches_bilinear(glimpse_gen):
+    """A box sampling exactly at pixel centres (a = 1): anti-aliasing changes nothing, gradients
+    included, even when another box of the batch is downscaled (and takes the triangle filter)."""
+    images = torch.rand(2, 2, 12, 16, generator=glimpse_gen, dtype=torch.float64)
+    boxes = torch.tensor([[0.0, 0.0, 16.0, 12.0], [-3.3, 1.1, 15.2, 11.7]], dtype=torch.float64)
+    grads = []
+    for antialias in (False, True):
+        b = boxes.clone().requires_grad_()
+        glimpse(images, b, (12, 16), antialias=antialias).mul(torch.arange(12.0)[:, None]).sum().backward()
+        grads.append(b.grad[0])
+    assert grads[0].abs().min() > 1e-3  # the right derivative, not zero
+    torch.testing.assert_close(grads[1], grads[0])
+
+
 def test_antialias_averages_the_footprint(glimpse_gen):
     noise = torch.rand(4, 1, 64, 64, generator=glimpse_gen)
     full = torch.tensor([[0.0, 0.0, 64.0, 64.0]]).expand(4, 4)
@@ -292,6 +306,9 @@ def test_code_paths_agree(antialias, glimpse_gen, make_boxes, all_glimpse_paths)
     """Every backward strategy / chunking gives the default's values and gradients (float32)."""
     images = torch.rand(5, 3, 24, 30, generator=glimpse_gen)
     boxes = make_boxes(9, 24, 30, glimpse_gen)
+    # samples exactly on pixel centres along x (a zero bilinear weight with a non-zero
+    # derivative, which must not be skipped), downscaled along y
+    boxes[3] = torch.tensor([2.0, 1.3, 7.0, 20.7])
     idx = torch.randint(0, 5, (9,), generator=glimpse_gen)
     grad = torch.randn(9, 3, 6, 5, generator=glimpse_gen)
     results = {}
