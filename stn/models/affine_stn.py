@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from stn import ops
 
 from .backbones import DigitNet
-from .common import Normalize, Size2, as_fill, as_size, check_images, check_padding_mode, check_positive_int
+from .common import Normalize, Size2, as_fill, as_size, check_images, check_padding_mode, check_positive_int, float32
 from .localization import AffineHead, Localizer
 
 __all__ = ["AffineSTN"]
@@ -81,9 +81,10 @@ class AffineSTN(nn.Module):
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
         check_images(images, self.in_channels, self.image_size)
         theta = self.affine_head(self.localizer(self.normalize(images)))
-        glimpses = ops.affine_glimpse(
-            images, theta, self.glimpse_size, padding_mode=self.padding_mode, fill=self.fill
-        )
+        with float32(images):  # sampling in float32 also under mixed precision
+            glimpses = ops.affine_glimpse(
+                images.float(), theta, self.glimpse_size, padding_mode=self.padding_mode, fill=self.fill
+            )
         logits = self.classifier(self.normalize(glimpses))
         boxes = ops.theta_to_boxes(theta, self.image_size)
         return {"logits": logits, "theta": theta, "boxes": boxes, "glimpses": glimpses}

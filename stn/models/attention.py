@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from stn import ops
 
 from .backbones import DigitNet
-from .common import Normalize, Size2, as_fill, as_size, check_images, check_padding_mode, check_positive_int
+from .common import Normalize, Size2, as_fill, as_size, check_images, check_padding_mode, check_positive_int, float32
 from .localization import BoxHead, Localizer
 
 __all__ = ["AttentionModel"]
@@ -86,13 +86,14 @@ class AttentionModel(nn.Module):
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
         check_images(images, self.in_channels, self.image_size)
         boxes = self.box_head(self.localizer(self.normalize(images)))
-        glimpses = ops.glimpse(
-            images,
-            boxes,
-            self.glimpse_size,
-            padding_mode=self.padding_mode,
-            fill=self.fill,
-            antialias=self.antialias,
-        )
+        with float32(images):  # sampling in float32 also under mixed precision
+            glimpses = ops.glimpse(
+                images.float(),
+                boxes,
+                self.glimpse_size,
+                padding_mode=self.padding_mode,
+                fill=self.fill,
+                antialias=self.antialias,
+            )
         logits = self.classifier(self.normalize(glimpses))
         return {"logits": logits, "boxes": boxes, "glimpses": glimpses}

@@ -29,8 +29,13 @@ class _Backbone(nn.Module):
 
     feature_dim: int
 
-    def _finish(self, num_classes: Optional[int], feature_dim: int, bias: bool = True) -> None:
+    def _finish(self, num_classes: Optional[int], feature_dim: int, bias: bool, channels_last: bool) -> None:
         self.feature_dim = feature_dim
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            # NHWC convolutions are 1.7x faster on CPU (oneDNN) for DigitNet, and the layout GPUs
+            # want under mixed precision; the conv weights keep it through .to(device).
+            self.to(memory_format=torch.channels_last)
         if num_classes is None or num_classes == 0:
             self.num_classes = None
             self.head = None
@@ -40,6 +45,8 @@ class _Backbone(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """(N, C, h, w) normalized inputs -> (N, feature_dim)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.trunk(x).flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -49,17 +56,25 @@ class _Backbone(nn.Module):
 
 
 class DigitNet(_Backbone):
-    """Small CNN for 28x28 digits: three conv-BN-ReLU stages with 2x2 max-pools between them,
-    global average pooling, linear head.
+    """Small CNN for 28x28 digits: four stages of 3x3 conv, 2x2 max-pool (not after the last),
+    BatchNorm, ReLU; global average pooling; linear head. At 28x28 the stages run at 28, 14, 7
+    and 3 pixels, so the last one sees the whole digit before the pooling.
 
-    With the default widths (32, 64, 128) it has 94k parameters and trains to about 99.3% on MNIST
-    in 3 epochs; forward + backward of a batch of 128 28x28 images takes ~30 ms on 2 CPU cores.
+    Pooling straight after each convolution, before BN and ReLU (as airbench does), runs the
+    elementwise layers at a quarter of the resolution: on a CPU they are most of the time of a
+    network this small.
+
+    With the default widths (16, 32, 64, 128): 99k parameters, 99.36% MNIST test accuracy after
+    3 epochs (batch 128, AdamW 3e-3 with one-cycle; 99.40% inside the attention model), forward +
+    backward of a batch of 128 in about 14 ms on 2 CPU cores (23 ms without channels_last).
+    Widths (32, 64, 128, 128): 242k parameters, 99.47% / 99.38%, 31 ms (54 ms).
 
     Args:
         in_channels: C of the inputs.
         num_classes: size of the linear head; None for the trunk alone.
-        input_size: (h, w) of the inputs; must be at least 4x4 (two 2x2 pools).
-        widths: channels of the three stages (any number of stages >= 1 works).
+        input_size: (h, w) of the inputs; at least 2^(stages - 1) on each side.
+        widths: channels of the stages (any number >= 1).
+        channels_last: run the convolutions in NHWC memory layout (faster on CPU and GPU).
     """
 
     def __init__(
@@ -67,7 +82,8 @@ class DigitNet(_Backbone):
         in_channels: int = 1,
         num_classes: Optional[int] = 10,
         input_size: Size2 = (28, 28),
-        widths: Sequence[int] = (32, 64, 128),
+        widths: Sequence[int] = (16, 32, 64, 128),
+        channels_last: bool = True,
     ):
         super().__init__()
         check_positive_int(in_channels, "in_channels")
@@ -82,9 +98,6 @@ class DigitNet(_Backbone):
         layers = []
         cin = in_channels
         for i, w in enumerate(widths):
-            # Pool straight after the convolution, before BN and ReLU (as airbench does): the
-            # elementwise layers then run at a quarter of the resolution, which on a CPU is most
-            # of the time of a network this small.
             layers.append(nn.Conv2d(cin, w, 3, padding=1, bias=False))
             if i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2))
@@ -92,7 +105,7 @@ class DigitNet(_Backbone):
             cin = w
         layers += [nn.AdaptiveAvgPool2d(1)]
         self.trunk = nn.Sequential(*layers)
-        self._finish(num_classes, cin)
+        self._finish(num_classes, cin, True, channels_last)
 
 
 class CifarNet(_Backbone):
@@ -103,7 +116,8 @@ class CifarNet(_Backbone):
     Follows Keller Jordan's airbench94 (widths 64/256/256, no conv biases, output scaled by 1/9),
     with a learned 3x3 stem in place of its data-dependent whitening layer, and adaptive max
     pooling in place of its fixed 3x3 pool so that any input size works. With the defaults it has
-    1.97M parameters; the same network reaches 94% on CIFAR-10 in airbench's training recipe.
+    1.98M parameters (airbench94: 1.97M), enough for 90%+ on CIFAR-10 with airbench-like training
+    (augmentation, label smoothing, ~10-20 epochs on a GPU); not yet measured in this project.
 
     Args:
         in_channels: C of the inputs.
@@ -112,6 +126,7 @@ class CifarNet(_Backbone):
         widths: channels of the three blocks.
         stem: channels of the stem convolution.
         scale: factor applied to the logits (airbench: 1/9).
+        channels_last: run the convolutions in NHWC memory layout (faster on CPU and GPU).
     """
 
     def __init__(
@@ -122,6 +137,7 @@ class CifarNet(_Backbone):
         widths: Sequence[int] = (64, 256, 256),
         stem: int = 32,
         scale: float = 1 / 9,
+        channels_last: bool = True,
     ):
         super().__init__()
         check_positive_int(in_channels, "in_channels")
@@ -148,7 +164,7 @@ class CifarNet(_Backbone):
             cin = w
         layers += [nn.AdaptiveMaxPool2d(1)]
         self.trunk = nn.Sequential(*layers)
-        self._finish(num_classes, cin, bias=False)
+        self._finish(num_classes, cin, False, channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
         out = super().forward(x)

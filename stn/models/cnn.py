@@ -18,7 +18,7 @@ class CNNModel(nn.Module):
 
     Built with ``classifier(in_channels=C, num_classes=K, input_size=(H, W))``; the default is a
     :class:`DigitNet` with the attention model's classifier widths, so the two differ only by the
-    localization network (6% of the attention model's parameters with the default configs).
+    localization network (6k of the attention model's 105k parameters with the default configs).
 
     Returns from ``forward(images)`` with images (B, C, H, W) in [0, 1]: ``"logits"`` (B, K).
     """

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import Size2, as_floats, as_ints, as_size, check_positive_int
+from .common import Size2, as_floats, as_ints, as_size, check_positive_int, float32
 
 __all__ = ["Localizer", "BoxHead", "AffineHead"]
 
@@ -111,7 +111,8 @@ class BoxHead(nn.Module):
             per box; default the image centre ``(0.5, 0.5)``.
 
     Shape:
-        (B, in_features) -> (B, 4) or (B, G, 4) pixel boxes ``(x1, y1, x2, y2)``.
+        (B, in_features) -> (B, 4) or (B, G, 4) float32 pixel boxes ``(x1, y1, x2, y2)`` (computed
+        in float32 also under autocast).
     """
 
     def __init__(
@@ -185,8 +186,9 @@ class BoxHead(nn.Module):
         return pairs
 
     def forward(self, features: Tensor) -> Tensor:
-        raw = self.linear(features).unflatten(-1, (self.num_boxes, self.per_box))
-        wh = self.wh.to(raw.dtype)
+        with float32(features):
+            raw = self.linear(features.float()).unflatten(-1, (self.num_boxes, self.per_box))
+        wh = self.wh.float()
         centre = (torch.tanh(raw[..., :2]) + 1) * (wh / 2)
         scale = self.min_scale + (self.max_scale - self.min_scale) * torch.sigmoid(raw[..., 2:])
         half = scale * (wh / 2)  # (.., 1) broadcasts to (.., 2) for isotropic scales
@@ -208,7 +210,7 @@ class AffineHead(nn.Module):
     Built as ``AffineHead(in_features=F, **config)``.
 
     Shape:
-        (B, in_features) -> (B, 2, 3)
+        (B, in_features) -> (B, 2, 3) float32 (also under autocast)
     """
 
     def __init__(self, in_features: int = 32):
@@ -220,4 +222,5 @@ class AffineHead(nn.Module):
             self.linear.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.linear(features).unflatten(-1, (2, 3))
+        with float32(features):
+            return self.linear(features.float()).unflatten(-1, (2, 3))

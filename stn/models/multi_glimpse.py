@@ -19,6 +19,7 @@ from .common import (
     check_images,
     check_padding_mode,
     check_positive_int,
+    float32,
 )
 from .localization import BoxHead, Localizer
 
@@ -152,18 +153,19 @@ class MultiGlimpseModel(nn.Module):
         h, w = self.glimpse_size
         boxes = self.box_head(self.localizer(self.normalize(images))).reshape(b, g, 4)
         opts = dict(padding_mode=self.padding_mode, fill=self.fill)
-        glimpses = ops.glimpse(images, boxes, self.glimpse_size, antialias=self.antialias, **opts)
-        out = {"boxes": boxes, "glimpses": glimpses}
-        x = glimpses.unsqueeze(2)  # (B, G, 1, C, h, w)
-        if s > 1:
-            centre = (boxes[..., :2] + boxes[..., 2:]) / 2
-            half = (boxes[..., 2:] - boxes[..., :2]) / 2
-            k = torch.tensor(self.retina_scales[1:], dtype=boxes.dtype, device=boxes.device).view(1, 1, -1, 1)
-            c_, h_ = centre.unsqueeze(2), half.unsqueeze(2) * k  # (B, G, S-1, 2)
-            outer = torch.cat([c_ - h_, c_ + h_], dim=-1).reshape(b, g * (s - 1), 4)
-            wide = ops.glimpse(images, outer, self.glimpse_size, antialias=True, **opts)
-            x = torch.cat([x, wide.reshape(b, g, s - 1, c, h, w)], dim=2)
-            out["retina"] = x
+        with float32(images):  # sampling in float32 also under mixed precision
+            glimpses = ops.glimpse(images.float(), boxes, self.glimpse_size, antialias=self.antialias, **opts)
+            out = {"boxes": boxes, "glimpses": glimpses}
+            x = glimpses.unsqueeze(2)  # (B, G, 1, C, h, w)
+            if s > 1:
+                centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+                half = (boxes[..., 2:] - boxes[..., :2]) / 2
+                k = torch.tensor(self.retina_scales[1:], dtype=boxes.dtype, device=boxes.device)
+                c_, h_ = centre.unsqueeze(2), half.unsqueeze(2) * k.view(1, 1, -1, 1)  # (B, G, S-1, 2)
+                outer = torch.cat([c_ - h_, c_ + h_], dim=-1).reshape(b, g * (s - 1), 4)
+                wide = ops.glimpse(images.float(), outer, self.glimpse_size, antialias=True, **opts)
+                x = torch.cat([x, wide.reshape(b, g, s - 1, c, h, w)], dim=2)
+                out["retina"] = x
         feats = self.classifier.features(self.normalize(x).reshape(b * g, s * c, h, w))
         feats = feats.reshape(b, g, -1)
         fused = feats.flatten(1) if self.fusion == "concat" else feats.mean(1)

@@ -295,3 +295,13 @@ def test_wrong_image_shape_is_reported():
 def test_affine_head_is_identity_at_start():
     theta = AffineHead(in_features=5)(torch.randn(3, 5))
     torch.testing.assert_close(theta, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(3, 2, 3))
+
+
+@pytest.mark.parametrize("cls", GLIMPSE_MODELS)
+def test_geometry_stays_float32_under_autocast(cls):
+    model = cls(**MNIST)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images(b=2))
+    assert out["boxes"].dtype == torch.float32 and out["glimpses"].dtype == torch.float32
+    torch.testing.assert_close(out["boxes"], torch.tensor([0.0, 0.0, 28.0, 28.0]).expand_as(out["boxes"]), atol=1e-5, rtol=0)
+    out["logits"].float().sum().backward()
