@@ -41,7 +41,7 @@ about the image edges.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +49,9 @@ from torch import Tensor
 
 PADDING_MODES = ("zeros", "border", "reflection")
 
-# Column pass: gather taps while T * _DENSE_RATIO < W, else a dense bmm (measured on CPU:
-# the bmm costs ~W multiply-adds per output, the taps ~T memory passes of 5-6 ops each).
+# Column pass: gathered taps while T * _DENSE_RATIO < W, else a bmm with the dense Wx. Measured on
+# CPU: the bmm costs ~W multiply-adds per output, the taps ~T memory-bound passes (forward and
+# backward together); e.g. 2 taps of a 60-wide image: gathers, 5 taps or a 32-wide image: bmm.
 _DENSE_RATIO = 24
 # Backward strategies; "auto" picks by device. Tests force the others to cover both on CPU.
 #   rows:    "index_add" (CPU: sequential, deterministic) | "embedding_bag" (its autograd: sorted
@@ -66,9 +67,19 @@ _CPU_CHUNKS = True  # False: one chunk with all taps, as on CUDA (tests)
 _MAX_TAP = float(2**30)  # taps are clamped to this before the cast to long (huge finite boxes)
 
 
-def axis_taps(
-    lo: Tensor, hi: Tensor, out_size: int, in_size: int, *, antialias: bool, padding_mode: str
-) -> Tuple[Tensor, Tensor]:
+class Taps(NamedTuple):
+    """Taps of one axis for N boxes (see :func:`axis_taps`)."""
+
+    index: Tensor  # (N, out, T) long, in [0, in_size)
+    weight: Tensor  # (N, out, T), differentiable w.r.t. the box edges
+    count: Tensor  # (N,) long: taps t >= count[n] are outside box n's filter (weight and gradient 0)
+    pos: Tensor  # (N, out) sample positions in pixel-index coordinates, differentiable
+    scale: Optional[Tensor]  # (N,) triangle half-width a (anti-aliasing), differentiable, or None
+    dpos: Tensor  # (N, out, T) d weight / d pos (no graph)
+    dscale: Optional[Tensor]  # (N, out, T) d weight / d scale (no graph), or None
+
+
+def axis_taps(lo: Tensor, hi: Tensor, out_size: int, in_size: int, *, antialias: bool, padding_mode: str) -> Taps:
     """Taps of one axis: the sparse rows of ``Wy`` (or ``Wx``).
 
     Output pixel ``j`` of ``out_size`` has its centre at ``lo + (j + 0.5) * (hi - lo) / out_size``
@@ -86,11 +97,17 @@ def axis_taps(
         padding_mode: ``"zeros"`` (out-of-range taps get weight 0), ``"border"``, ``"reflection"``.
 
     Returns:
-        index (N, out_size, T) long in ``[0, in_size)``, weight (N, out_size, T) (differentiable
-        w.r.t. ``lo`` and ``hi``), and count (N,) long, the taps each box uses: its taps ``t >=
-        count[n]`` lie strictly outside its filter (weight 0 and zero gradient), so they may be
-        skipped. With ``"zeros"`` the weights of a row sum to the fraction of the sample inside
-        the image; otherwise to 1.
+        :class:`Taps`: index (N, out_size, T) long in ``[0, in_size)``; weight (N, out_size, T),
+        differentiable w.r.t. ``lo`` and ``hi`` (with ``"zeros"`` the weights of a row sum to the
+        fraction of the sample inside the image, otherwise to 1); count (N,), the taps each box
+        uses (its taps ``t >= count[n]`` lie strictly outside its filter: weight 0, gradient 0);
+        and the weights as a function of the sample positions ``pos`` (N, out_size) and, with
+        anti-aliasing, the half-width ``scale`` (N,), with their derivatives ``dpos`` and
+        ``dscale``. :class:`_Separable` contracts the incoming gradient with those derivatives
+        (one fused pass) instead of forming dL/dweight tap by tap.
+
+    At the kinks (a sample on a pixel centre, a filter edge on one) derivatives are taken from
+    the right in ``pos``, as ``floor`` gives them for bilinear taps.
     """
     dtype, device = lo.dtype, lo.device
     step = (hi - lo) / out_size
@@ -99,33 +116,48 @@ def axis_taps(
     u = (lo - 0.5)[:, None] + centre * step[:, None]  # (N, out)
     half = step.abs().clamp(min=1.0) if antialias else None
     a_max = float(half.detach().max()) if half is not None and half.numel() else 1.0
+    zero = torch.zeros((), dtype=dtype, device=device)
     if a_max <= 1.0:
         count = torch.full((lo.shape[0],), 2, dtype=torch.long, device=device)
         k0 = u.detach().floor()
         frac = u - k0
         k = torch.stack([k0, k0 + 1], dim=-1)
         weight = torch.stack([1 - frac, frac], dim=-1)
+        dpos = torch.tensor([-1.0, 1.0], dtype=dtype, device=device).expand_as(weight)
+        dscale = half = None
     else:
         taps = max(2, math.ceil(2 * a_max))
         # the first tap is > u - a, so tap t >= 2a is more than a past u: outside the triangle
         count = torch.ceil(2 * half.detach()).long().clamp(2, taps)
         a = half[:, None, None]
+        ad = a.detach()
         # first tap: smallest k with k - u > -a
-        k0 = (u.detach()[..., None] - a.detach()).floor() + 1
+        k0 = (u.detach()[..., None] - ad).floor() + 1
         k = k0 + torch.arange(taps, dtype=dtype, device=device)
         d = k - u[..., None]
         dd = d.detach()
-        # Triangle 1 - |d| / a on -a < d <= a. At its kinks (d = 0, d = a) autograd takes the
-        # derivative from the right in u (u a hair larger, d a hair smaller), as floor() does for
-        # the bilinear taps: at a = 1 both give the same values and the same gradients, also at
-        # pixel centres (abs() and clamp() would give a zero gradient there).
-        dist = torch.where(dd <= 0, -d, d)
-        raw = torch.where((dd > -a.detach()) & (dd <= a.detach()), 1 - dist / a, torch.zeros((), dtype=dtype, device=device))
-        weight = raw / raw.sum(-1, keepdim=True)
+        # Triangle 1 - |d| / a on -a < d <= a. At its kinks (d = 0, d = a) derivatives are taken
+        # from the right in u (u a hair larger, d a hair smaller), as floor() does for the
+        # bilinear taps: at a = 1 both give the same values and the same gradients, also at pixel
+        # centres (abs() and clamp() would give a zero gradient there).
+        support = (dd > -ad) & (dd <= ad)
+        left = dd <= 0
+        dist = torch.where(left, -d, d)
+        raw = torch.where(support, 1 - dist / a, zero)
+        total = raw.sum(-1, keepdim=True)
+        weight = raw / total
+        with torch.no_grad():
+            w = weight.detach()
+            draw_du = torch.where(support, torch.where(left, -1.0 / ad, 1.0 / ad), zero)
+            draw_da = torch.where(support, dist.detach() / (ad * ad), zero)
+            dpos = (draw_du - w * draw_du.sum(-1, keepdim=True)) / total.detach()
+            dscale = (draw_da - w * draw_da.sum(-1, keepdim=True)) / total.detach()
     k = k.clamp(-_MAX_TAP, _MAX_TAP).long()
     if padding_mode == "zeros":
         inside = (k >= 0) & (k < in_size)
-        weight = torch.where(inside, weight, torch.zeros((), dtype=dtype, device=device))
+        weight = torch.where(inside, weight, zero)
+        dpos = torch.where(inside, dpos, zero)
+        dscale = None if dscale is None else torch.where(inside, dscale, zero)
         k = k.clamp(0, in_size - 1)
     elif padding_mode == "border":
         k = k.clamp(0, in_size - 1)
@@ -136,7 +168,7 @@ def axis_taps(
         k = torch.where(m >= in_size, 2 * in_size - 1 - m, m)
     else:  # pragma: no cover - validated by the caller
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-    return k, weight, count
+    return Taps(k, weight, count, u, half, dpos, dscale)
 
 
 def _dense_columns(kx: Tensor, wx: Tensor, in_size: int) -> Tensor:
@@ -182,12 +214,15 @@ class _Separable(torch.autograd.Function):
     """out[n, (c, i), j] = sum_{t, s} wy[n, i, t] wx[n, s, j] table[rows[n, c, i, t], kx[n, s, j]].
 
     table: (B*C*H, W) image rows; rows: (N, C, h, Ty) long rows of ``table``; wy: (N, h, Ty);
-    kx: (N, Tx, w) long; wx: (N, Tx, w). Returns (N, C*h, w). Row pass with ``embedding_bag``,
-    column pass with gathers (or a dense bmm for many taps); backward analytic, in chunks of boxes.
+    dy_pos, dy_scale: (N, h, Ty) derivatives of wy w.r.t. the inputs y_pos (N, h) and y_scale
+    (N,), or None; kx: (N, Tx, w) long; wx: (N, Tx, w). Returns (N, C*h, w). Gradients flow to
+    table, wy (when it requires grad: one gather and dot product per tap), y_pos and y_scale (one
+    fused pass each) and wx. Row pass with ``embedding_bag``, column pass with gathers (or a dense
+    bmm for many taps); analytic backward, on CPU in chunks of boxes.
     """
 
     @staticmethod
-    def forward(ctx, table: Tensor, rows: Tensor, wy: Tensor, kx: Tensor, wx: Tensor, plan):  # type: ignore[override]
+    def forward(ctx, table, rows, wy, dy_pos, dy_scale, y_pos, y_scale, kx, wx, plan):  # type: ignore[override]
         n, channels, h, _ = rows.shape
         w = kx.shape[2]
         w_in = table.shape[1]
@@ -201,14 +236,15 @@ class _Separable(torch.autograd.Function):
                 _columns(inter, kxc, wxc, out=out[sel])
             else:
                 out.index_copy_(0, sel, _columns(inter, kxc, wxc))
-        ctx.save_for_backward(table, rows, wy, kx, wx)
+        ctx.save_for_backward(table, rows, wy, dy_pos, dy_scale, kx, wx)
         ctx.plan = plan
+        ctx.pos_dtype = None if y_pos is None else y_pos.dtype
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        table, rows, wy, kx, wx = ctx.saved_tensors
+        table, rows, wy, dy_pos, dy_scale, kx, wx = ctx.saved_tensors
         n, channels, h, _ = rows.shape
         w = kx.shape[2]
         w_in = table.shape[1]
@@ -216,10 +252,13 @@ class _Separable(torch.autograd.Function):
         cpu = table.device.type == "cpu"
         row_grad = _ROW_GRAD if _ROW_GRAD != "auto" else ("index_add" if cpu else "embedding_bag")
         col_grad = _COLUMN_GRAD if _COLUMN_GRAD != "auto" else ("scatter" if cpu else "dense")
-        need_table, need_wy, need_wx = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[4]
+        need_table, need_wy = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        need_pos, need_scale, need_wx = ctx.needs_input_grad[5], ctx.needs_input_grad[6], ctx.needs_input_grad[8]
         grad = grad.contiguous()
         grad_table = torch.zeros_like(table) if need_table else None
         grad_wy = torch.zeros_like(wy) if need_wy else None
+        grad_pos = grad.new_zeros(n, h) if need_pos else None
+        grad_scale = grad.new_zeros(n) if need_scale else None
         grad_wx = torch.zeros_like(wx) if need_wx else None
         work = vwork = None
         for sel, ty, tx in ctx.plan:
@@ -242,8 +281,8 @@ class _Separable(torch.autograd.Function):
                         ],
                         dim=1,
                     )
-                _put(grad_wx, sel, tx, gwx)
-            if not (need_table or need_wy):
+                _put(grad_wx, sel, gwx, tx)
+            if not (need_table or need_wy or need_pos or need_scale):
                 continue
             # Column pass backward: v = G @ Wx, (nc, m, W)
             if dense or col_grad == "dense":
@@ -255,34 +294,52 @@ class _Separable(torch.autograd.Function):
                 for i in range(tx):
                     v.scatter_add_(2, kxc[:, None, i].expand(nc, m, w), g * wxc[:, None, i])
             v = v.view(nc * m, w_in)
+            # dL/dpos[row] = sum_t dL/dwy[row, t] dwy[row, t]/dpos, with dL/dwy[row, t] = <v[row],
+            # tapped image row t>: the sum over taps is one embedding_bag with the derivatives as
+            # weights (likewise for the scale), instead of a gather and a dot product per tap.
+            derivs = [(d, _row_taps(rows, d, sel, ty)[1]) for d, need in ((dy_pos, need_pos), (dy_scale, need_scale)) if need]
+            gpsw = None  # dL/dwy, (nc*m, ty), only when wy itself requires grad
             if row_grad == "embedding_bag":
                 with torch.enable_grad():
                     tab = table.detach().requires_grad_(need_table)
-                    pw = psw.detach().requires_grad_(need_wy)
+                    pw = psw.detach().requires_grad_(bool(derivs) or need_wy)
                     inter = F.embedding_bag(bags, tab, per_sample_weights=pw, mode="sum")
                     grads = list(torch.autograd.grad(inter, [x for x in (tab, pw) if x.requires_grad], v))
                 if need_table:
                     grad_table += grads.pop(0)
-                gpsw = grads.pop(0) if need_wy else None
+                contractions = [(grads[0] * dpsw).sum(-1) for _, dpsw in derivs] if derivs else []
+                gpsw = grads[0] if need_wy else None
             else:
-                gpsw = table.new_empty(ty, nc * m) if need_wy else None
+                contractions = [
+                    torch.linalg.vecdot(v, F.embedding_bag(bags, table, per_sample_weights=dpsw, mode="sum"))
+                    for _, dpsw in derivs
+                ]
                 r = v.shape[0]
-                if work is None or work.shape[0] < r:
+                if (need_table or need_wy) and (work is None or work.shape[0] < r):
                     work = table.new_empty(r, w_in)
-                buf = work[:r]
-                for i in range(ty):
-                    index = bags[:, i]
-                    if need_wy:
-                        torch.index_select(table, 0, index, out=buf)
-                        torch.linalg.vecdot(v, buf, out=gpsw[i])
-                    if need_table:
-                        torch.mul(v, psw[:, i : i + 1], out=buf)
-                        grad_table.index_add_(0, index, buf)
                 if need_wy:
+                    gpsw = table.new_empty(ty, r)
+                    for i in range(ty):
+                        torch.index_select(table, 0, bags[:, i], out=work[:r])
+                        torch.linalg.vecdot(v, work[:r], out=gpsw[i])
                     gpsw = gpsw.t()
+                if need_table:
+                    buf = work[:r]
+                    for i in range(ty):
+                        torch.mul(v, psw[:, i : i + 1], out=buf)
+                        grad_table.index_add_(0, bags[:, i], buf)
             if need_wy:
-                _put(grad_wy, sel, ty, gpsw.view(nc, channels, h, ty).sum(1), last=True)
-        return grad_table, None, grad_wy, None, grad_wx, None
+                _put(grad_wy, sel, gpsw.reshape(nc, channels, h, ty).sum(1), (slice(None), slice(0, ty)))
+            contractions = [c.view(nc, channels, h).sum(1) for c in contractions]  # (nc, h)
+            if need_pos:
+                _put(grad_pos, sel, contractions.pop(0))
+            if need_scale:
+                _put(grad_scale, sel, contractions.pop(0).sum(1))
+        if need_pos:
+            grad_pos = grad_pos.to(ctx.pos_dtype)
+        if need_scale:
+            grad_scale = grad_scale.to(ctx.pos_dtype)
+        return grad_table, None, grad_wy, None, None, grad_pos, grad_scale, None, grad_wx, None
 
 
 def _row_taps(rows: Tensor, wy: Tensor, sel, ty: int):
@@ -293,14 +350,14 @@ def _row_taps(rows: Tensor, wy: Tensor, sel, ty: int):
     return r.reshape(nc * c * h, ty), wyc[:, None].expand(nc, c, h, ty).reshape(nc * c * h, ty)
 
 
-def _put(dst: Tensor, sel, t: int, val: Tensor, last: bool = False) -> None:
-    """dst[sel, :t] = val (or dst[sel, ..., :t] with ``last``), sel a slice or unique indices."""
+def _put(dst: Tensor, sel, val: Tensor, rest=()) -> None:
+    """dst[sel, *rest] = val, with sel a slice or unique indices; rest: an int or tuple of slices."""
+    if isinstance(rest, int):
+        rest = (slice(0, rest),)
     if isinstance(sel, slice):
-        (dst[sel, ..., :t] if last else dst[sel, :t]).copy_(val)
-    elif last:
-        dst[sel, ..., :t] = val
+        dst[(sel, *rest)].copy_(val)
     else:
-        dst[sel, :t] = val
+        dst[(sel, *rest)] = val
 
 
 def _columns(rows: Tensor, kx: Tensor, wx: Tensor, out: Optional[Tensor] = None) -> Tensor:
@@ -317,17 +374,47 @@ def _columns(rows: Tensor, kx: Tensor, wx: Tensor, out: Optional[Tensor] = None)
     return out
 
 
-def separable_sample(
-    images: Tensor, idx: Tensor, ky: Tensor, wy: Tensor, cy: Tensor, kx: Tensor, wx: Tensor, cx: Tensor
-) -> Tensor:
+def sample_taps(images: Tensor, idx: Tensor, y: Taps, x: Taps) -> Tensor:
     """Apply row and column taps: (N, C, h, w) glimpses of ``images[idx]``.
 
     Args:
         images: (B, C, H, W).
         idx: (N,) long, image of each glimpse.
-        ky, wy, cy: (N, h, Ty) row taps (index into H, weight) and (N,) taps used per box.
-        kx, wx, cx: (N, w, Tx) column taps (index into W, weight) and (N,) taps used per box.
+        y, x: :class:`Taps` of the rows (h outputs, index into H) and columns (w, into W).
+    Gradients flow to ``images``, to ``y.pos`` and ``y.scale`` (through the derivatives ``dpos``
+    and ``dscale``) and to ``x.weight``.
     """
+    dtype = images.dtype
+    return _apply(
+        images,
+        idx,
+        y.index,
+        y.weight.detach().to(dtype),
+        y.count,
+        x.index,
+        x.weight.to(dtype),
+        x.count,
+        (y.dpos.to(dtype), None if y.dscale is None else y.dscale.to(dtype), y.pos, y.scale),
+    )
+
+
+def separable_sample(images: Tensor, idx: Tensor, ky: Tensor, wy: Tensor, kx: Tensor, wx: Tensor) -> Tensor:
+    """Apply arbitrary row and column taps: (N, C, h, w) samples of ``images[idx]``.
+
+    Args:
+        images: (B, C, H, W).
+        idx: (N,) long, image of each output.
+        ky, wy: (N, h, Ty) row taps: index into H (long) and weight.
+        kx, wx: (N, w, Tx) column taps: index into W (long) and weight.
+    Gradients flow to ``images``, ``wy`` and ``wx`` (deterministic backward). Every tap is used.
+    """
+    n = idx.shape[0]
+    full_y = torch.full((n,), ky.shape[2], dtype=torch.long, device=ky.device)
+    full_x = torch.full((n,), kx.shape[2], dtype=torch.long, device=kx.device)
+    return _apply(images, idx, ky, wy, full_y, kx, wx, full_x, (None, None, None, None))
+
+
+def _apply(images, idx, ky, wy, cy, kx, wx, cx, y_params) -> Tensor:
     b, c, h_in, w_in = images.shape
     n, h, t = ky.shape
     w, tx = kx.shape[1], kx.shape[2]
@@ -335,8 +422,10 @@ def separable_sample(
     # Tap t of row (n, c, i) of the intermediate is row (idx[n], c, ky[n, i, t]) of the image batch.
     base = (idx * (c * h_in))[:, None, None, None] + (torch.arange(c, device=idx.device) * h_in)[:, None, None]
     rows = base + ky[:, None]  # (N, C, h, Ty)
+    dy_pos, dy_scale, y_pos, y_scale = y_params
     # (N, T, w) contiguous taps: per-tap slices broadcast without strides in the column pass.
-    kx_t = kx.transpose(1, 2).contiguous()
-    wx_t = wx.transpose(1, 2).contiguous()
+    kx = kx.transpose(1, 2).contiguous()
+    wx = wx.transpose(1, 2).contiguous()
     plan = _plan(cy, cx, t, tx, c * h * w_in)
-    return _Separable.apply(table, rows, wy.contiguous(), kx_t, wx_t, plan).view(n, c, h, w)
+    out = _Separable.apply(table, rows, wy.contiguous(), dy_pos, dy_scale, y_pos, y_scale, kx, wx, plan)
+    return out.view(n, c, h, w)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ._checks import Size2, check_images, check_size, flatten_boxes
-from ._separable import PADDING_MODES, axis_taps, separable_sample
+from ._separable import PADDING_MODES, axis_taps, sample_taps
 
 __all__ = ["glimpse"]
 
@@ -165,12 +165,12 @@ def glimpse(
         flat = torch.where(finite[:, None], flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
 
     x1, y1, x2, y2 = flat.unbind(-1)
-    ky, wy, cy = axis_taps(y1, y2, h, height, antialias=antialias, padding_mode=padding_mode)
-    kx, wx, cx = axis_taps(x1, x2, w, width, antialias=antialias, padding_mode=padding_mode)
-    out = separable_sample(images, idx, ky, wy.to(images.dtype), cy, kx, wx.to(images.dtype), cx)
+    ty = axis_taps(y1, y2, h, height, antialias=antialias, padding_mode=padding_mode)
+    tx = axis_taps(x1, x2, w, width, antialias=antialias, padding_mode=padding_mode)
+    out = sample_taps(images, idx, ty, tx)
     if fill_values is not None:
         # Outside taps carry weight 0 above; they should carry `fill`: add fill * (their weight).
-        inside = wy.sum(-1)[:, :, None] * wx.sum(-1)[:, None, :]  # (N, h, w)
+        inside = ty.weight.sum(-1)[:, :, None] * tx.weight.sum(-1)[:, None, :]  # (N, h, w)
         out = out + (fill_values[:, None, None] * (1 - inside)[:, None]).to(out.dtype)
     if mask_bad:
         nan = torch.full((), float("nan"), dtype=out.dtype, device=out.device)

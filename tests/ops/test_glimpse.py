@@ -301,6 +301,27 @@ def test_gradcheck_every_code_path(glimpse_path, antialias):
         assert torch.autograd.gradcheck(fn, (images, boxes), atol=1e-7, fast_mode=True)
 
 
+def test_generic_taps_gradcheck(glimpse_path):
+    """The private engine with arbitrary taps (as stn.ops.paste uses it): gradients to the images
+    and to both weight tensors, duplicate taps included."""
+    sep = importlib.import_module("stn.ops._separable")
+    g = torch.Generator().manual_seed(5)
+    images = torch.rand(2, 2, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    idx = torch.tensor([1, 0, 1])
+    ky = torch.randint(0, 5, (3, 4, 3), generator=g)
+    kx = torch.randint(0, 6, (3, 2, 2), generator=g)
+    kx[0, 0] = torch.tensor([3, 3])  # the same column twice
+    wy = torch.randn(3, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    wx = torch.randn(3, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    out = sep.separable_sample(images, idx, ky, wy, kx, wx)
+    dense_y = torch.zeros(3, 4, 5, dtype=torch.float64).scatter_add_(2, ky, wy.detach())
+    dense_x = torch.zeros(3, 2, 6, dtype=torch.float64).scatter_add_(2, kx, wx.detach())
+    want = dense_y[:, None] @ images.detach()[idx] @ dense_x[:, None].transpose(-1, -2)
+    torch.testing.assert_close(out, want)
+    fn = lambda i, a, b: sep.separable_sample(i, idx, ky, a, kx, b)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (images, wy, wx))
+
+
 @pytest.mark.parametrize("antialias", [False, True])
 def test_code_paths_agree(antialias, glimpse_gen, make_boxes, all_glimpse_paths):
     """Every backward strategy / chunking gives the default's values and gradients (float32)."""
