@@ -46,6 +46,30 @@ def check_box_tensor(boxes: Tensor, name: str = "boxes") -> None:
         raise TypeError(f"{name} must be floating point, got dtype {boxes.dtype}")
 
 
+def check_indices(images: Tensor, indices: Tensor, items: Tensor, name: str, noun: str) -> Tensor:
+    """Validate an (N,) image index for the N leading entries of ``items`` (boxes, thetas, ...).
+
+    Returns the index as int64. Raises TypeError for a non-integer tensor, ValueError for a wrong
+    shape, IndexError for values outside ``[0, B)``.
+    """
+    if not isinstance(indices, Tensor):
+        raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
+    if indices.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"indices must be an integer (long) tensor, got dtype {indices.dtype}")
+    if indices.dim() != 1 or indices.shape[0] != items.shape[0]:
+        raise ValueError(
+            f"indices must be 1-d with one entry per {noun}: {name} has shape {tuple(items.shape)}, "
+            f"indices has shape {tuple(indices.shape)}"
+        )
+    batch = images.shape[0]
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= batch):
+        raise IndexError(
+            f"indices must lie in [0, {batch}) for images of shape {tuple(images.shape)}, "
+            f"got values in [{int(indices.min())}, {int(indices.max())}]"
+        )
+    return indices.long()
+
+
 def flatten_boxes(
     images: Tensor, boxes: Tensor, indices: Optional[Tensor], name: str = "boxes"
 ) -> Tuple[Tensor, Tensor, Tuple[int, ...]]:
@@ -63,23 +87,10 @@ def flatten_boxes(
     check_box_tensor(boxes, name)
     batch = images.shape[0]
     if indices is not None:
-        if not isinstance(indices, Tensor):
-            raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
-        if indices.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"indices must be an integer (long) tensor, got dtype {indices.dtype}")
         if boxes.dim() != 2:
             raise ValueError(f"with indices, {name} must be (N, 4), got shape {tuple(boxes.shape)}")
-        if indices.dim() != 1 or indices.shape[0] != boxes.shape[0]:
-            raise ValueError(
-                f"indices must be 1-d with one entry per box: {name} has shape {tuple(boxes.shape)}, "
-                f"indices has shape {tuple(indices.shape)}"
-            )
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= batch):
-            raise IndexError(
-                f"indices must lie in [0, {batch}) for images of shape {tuple(images.shape)}, "
-                f"got values in [{int(indices.min())}, {int(indices.max())}]"
-            )
-        return boxes, indices.to(device=boxes.device, dtype=torch.long), (boxes.shape[0],)
+        idx = check_indices(images, indices, boxes, name, "box")
+        return boxes, idx.to(device=boxes.device), (boxes.shape[0],)
     if boxes.dim() == 2:
         if boxes.shape[0] != batch:
             raise ValueError(

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import Size2, check_box_tensor, check_images, check_size
+from ._checks import Size2, check_box_tensor, check_images, check_indices, check_size
 from .boxes import boxes_to_theta
 from .paste import _layers
 
@@ -36,7 +36,7 @@ _STACK_RATIO = 1.0
 
 
 # --------------------------------------------------------------------------------------------------
-# validation helpers (private; candidates for _checks.py)
+# validation helpers (private)
 
 
 def _check_theta(theta: Tensor, name: str = "theta") -> None:
@@ -113,23 +113,10 @@ def _flatten_theta(
     """
     batch = images.shape[0]
     if indices is not None:
-        if not isinstance(indices, Tensor):
-            raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
-        if indices.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"indices must be an integer (long) tensor, got dtype {indices.dtype}")
         if theta.dim() != 3:
             raise ValueError(f"with indices, theta must be (N, 2, 3), got shape {tuple(theta.shape)}")
-        if indices.dim() != 1 or indices.shape[0] != theta.shape[0]:
-            raise ValueError(
-                f"indices must be 1-d with one entry per theta: theta has shape {tuple(theta.shape)}, "
-                f"indices has shape {tuple(indices.shape)}"
-            )
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= batch):
-            raise IndexError(
-                f"indices must lie in [0, {batch}) for images of shape {tuple(images.shape)}, "
-                f"got values in [{int(indices.min())}, {int(indices.max())}]"
-            )
-        return theta, indices.to(device=images.device, dtype=torch.long), (theta.shape[0],)
+        idx = check_indices(images, indices, theta, "theta", "theta")
+        return theta, idx.to(device=images.device), (theta.shape[0],)
     if theta.dim() == 3:
         if theta.shape[0] != batch:
             raise ValueError(
