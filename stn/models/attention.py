@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from stn import ops
 
 from .backbones import DigitNet
-from .common import Normalize, Size2, as_fill, as_size, check_images, check_padding_mode, check_positive_int, float32
+from .common import ImageModel, Size2, as_fill, as_size, check_padding_mode, float32
 from .localization import BoxHead, Localizer
 
 __all__ = ["AttentionModel"]
@@ -17,7 +17,7 @@ __all__ = ["AttentionModel"]
 Fill = Union[float, Sequence[float]]
 
 
-class AttentionModel(nn.Module):
+class AttentionModel(ImageModel):
     """Attention-crop classifier: a localizer looks at the whole image and picks one box, the box
     is cut out and resampled to ``glimpse_size`` (:func:`stn.ops.glimpse`), and the classifier
     sees only that glimpse.
@@ -62,15 +62,11 @@ class AttentionModel(nn.Module):
         mean: Sequence[float] = (0.0,),
         std: Sequence[float] = (1.0,),
     ):
-        super().__init__()
-        self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.num_classes = check_positive_int(num_classes, "num_classes")
-        self.image_size = as_size(image_size, "image_size")
+        super().__init__(in_channels, num_classes, image_size, mean, std)
         self.glimpse_size = self.image_size if glimpse_size is None else as_size(glimpse_size, "glimpse_size")
         self.antialias = bool(antialias)
         self.padding_mode = check_padding_mode(padding_mode)
         self.fill = as_fill(fill)
-        self.normalize = Normalize(mean, std, in_channels)
         self.localizer = (localizer or Localizer)(in_channels=in_channels, image_size=self.image_size)
         self.box_head = (box_head or BoxHead)(
             in_features=self.localizer.feature_dim, image_size=self.image_size, num_boxes=1
@@ -84,7 +80,7 @@ class AttentionModel(nn.Module):
         return list(self.localizer.parameters()) + list(self.box_head.parameters())
 
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
-        check_images(images, self.in_channels, self.image_size)
+        self.check_input(images)
         boxes = self.box_head(self.localizer(self.normalize(images)))
         with float32(images):  # sampling in float32 also under mixed precision
             glimpses = ops.glimpse(

@@ -7,12 +7,12 @@ from typing import Callable, Dict, Optional, Sequence
 from torch import Tensor, nn
 
 from .backbones import DigitNet
-from .common import Normalize, Size2, as_size, check_images, check_positive_int
+from .common import ImageModel, Size2
 
 __all__ = ["CNNModel"]
 
 
-class CNNModel(nn.Module):
+class CNNModel(ImageModel):
     """Plain CNN baseline: normalize, classify. Same interface as the glimpse models, without
     ``"boxes"`` and ``"glimpses"``; ``localization_parameters()`` is empty.
 
@@ -33,11 +33,7 @@ class CNNModel(nn.Module):
         mean: Sequence[float] = (0.0,),
         std: Sequence[float] = (1.0,),
     ):
-        super().__init__()
-        self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.num_classes = check_positive_int(num_classes, "num_classes")
-        self.image_size = as_size(image_size, "image_size")
-        self.normalize = Normalize(mean, std, in_channels)
+        super().__init__(in_channels, num_classes, image_size, mean, std)
         self.classifier = (classifier or DigitNet)(
             in_channels=in_channels, num_classes=num_classes, input_size=self.image_size
         )
@@ -46,5 +42,5 @@ class CNNModel(nn.Module):
         return []
 
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
-        check_images(images, self.in_channels, self.image_size)
+        self.check_input(images)
         return {"logits": self.classifier(self.normalize(images))}

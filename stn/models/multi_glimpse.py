@@ -11,12 +11,11 @@ from stn import ops
 
 from .backbones import DigitNet
 from .common import (
-    Normalize,
+    ImageModel,
     Size2,
     as_fill,
     as_floats,
     as_size,
-    check_images,
     check_padding_mode,
     check_positive_int,
     float32,
@@ -29,7 +28,7 @@ Fill = Union[float, Sequence[float]]
 FUSIONS = ("concat", "mean")
 
 
-class MultiGlimpseModel(nn.Module):
+class MultiGlimpseModel(ImageModel):
     """G attention crops per image in one pass: the localizer predicts G boxes at once, all
     glimpses are taken in one :func:`stn.ops.glimpse` call with (B, G, 4) boxes, a shared
     classifier trunk turns each into a feature vector, and the G vectors are fused (concatenated,
@@ -91,11 +90,8 @@ class MultiGlimpseModel(nn.Module):
         mean: Sequence[float] = (0.0,),
         std: Sequence[float] = (1.0,),
     ):
-        super().__init__()
-        self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.num_classes = check_positive_int(num_classes, "num_classes")
+        super().__init__(in_channels, num_classes, image_size, mean, std)
         self.num_glimpses = check_positive_int(num_glimpses, "num_glimpses")
-        self.image_size = as_size(image_size, "image_size")
         self.glimpse_size = self.image_size if glimpse_size is None else as_size(glimpse_size, "glimpse_size")
         scales = as_floats(retina_scales, "retina_scales")
         if not scales or scales[0] != 1 or any(s <= 0 for s in scales) or len(set(scales)) != len(scales):
@@ -110,7 +106,6 @@ class MultiGlimpseModel(nn.Module):
         self.antialias = bool(antialias)
         self.padding_mode = check_padding_mode(padding_mode)
         self.fill = as_fill(fill)
-        self.normalize = Normalize(mean, std, in_channels)  # broadcasts over (B, G, S, C, h, w)
 
         g = self.num_glimpses
         self.localizer = (localizer or Localizer)(in_channels=in_channels, image_size=self.image_size)
@@ -147,7 +142,7 @@ class MultiGlimpseModel(nn.Module):
         return list(self.localizer.parameters()) + list(self.box_head.parameters())
 
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
-        check_images(images, self.in_channels, self.image_size)
+        self.check_input(images)
         b, c = images.shape[:2]
         g, s = self.num_glimpses, len(self.retina_scales)
         h, w = self.glimpse_size
