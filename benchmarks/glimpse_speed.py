@@ -8,6 +8,7 @@ load from other processes hits both alike) and the table reports medians.
     python benchmarks/glimpse_speed.py                 # CPU, and CUDA too when present
     python benchmarks/glimpse_speed.py --device cpu --repeats 50
     python benchmarks/glimpse_speed.py --quick         # smoke run
+    python benchmarks/glimpse_speed.py --threads 1 --clock cpu   # robust on a busy machine
 
 Boxes: random, side 25% to 100% of the image side, centres uniform over the image (so some boxes
 leave the image), padding zeros.
@@ -16,6 +17,7 @@ leave the image), padding zeros.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -69,14 +71,17 @@ def ours(images, boxes, size, antialias):
     return glimpse(images, boxes, size, antialias=antialias)
 
 
+CLOCK = time.perf_counter
+
+
 def timed(fn, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start = CLOCK()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 def measure(shape, antialias, device, repeats):
@@ -105,9 +110,9 @@ def measure(shape, antialias, device, repeats):
     results = {}
     for name, wrap in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
         runs = {"base": wrap(base_fn), "ours": wrap(our_fn)}
-        for run in runs.values():  # warm-up
-            run()
-            run()
+        for _ in range(5):  # warm-up (allocator, thread pool), interleaved too
+            for run in runs.values():
+                run()
         times = {"base": [], "ours": []}
         for r in range(repeats):
             order = ("base", "ours") if r % 2 == 0 else ("ours", "base")
@@ -124,20 +129,37 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=30, help="timed repeats per cell (default 30)")
     parser.add_argument("--quick", action="store_true", help="3 repeats and smaller batches: a smoke run")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: time.perf_counter (default); cpu: CPU time of the calling thread "
+        "(time.thread_time), immune to other processes preempting this one on a shared machine; "
+        "needs --threads 1 and --device cpu",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    global CLOCK
+    if args.clock == "cpu":
+        if torch.get_num_threads() != 1 or (args.device or ["cpu"]) != ["cpu"]:
+            parser.error("--clock cpu measures one thread: use it with --threads 1 --device cpu")
+        CLOCK = time.thread_time
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     repeats = 3 if args.quick else args.repeats
     shapes = [(max(1, s[0] // 8),) + s[1:] for s in SHAPES] if args.quick else SHAPES
 
-    print(f"command: python {' '.join(['benchmarks/glimpse_speed.py'] + list(argv if argv is not None else sys.argv[1:]))}")
+    args_line = " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"command: python benchmarks/glimpse_speed.py {args_line}".rstrip())
     print(f"CPU: {cpu_model()}; torch {torch.__version__}; threads {torch.get_num_threads()}")
+    if hasattr(os, "getloadavg"):
+        print(f"load average at start (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for dev in devices:
         device = torch.device(dev)
         if device.type == "cuda":
             print(f"CUDA device: {torch.cuda.get_device_name(device)}")
-        print(f"\n### device: {dev}, float32, median of {repeats} interleaved repeats\n")
+        clock = "CPU time of the thread" if CLOCK is time.thread_time else "wall clock"
+        print(f"\n### device: {dev}, float32, median of {repeats} interleaved repeats, {clock}\n")
         print("| B | C | image | glimpse | antialias | pass | affine_grid+grid_sample (ms) | glimpse (ms) | ratio |")
         print("|---|---|---|---|---|---|---|---|---|")
         for shape in shapes:
@@ -151,6 +173,8 @@ def main(argv=None) -> None:
                         f"| {tb:.3f} | {to:.3f} | {tb / to:.2f}x |",
                         flush=True,
                     )
+    if hasattr(os, "getloadavg"):
+        print(f"\nload average at end (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ _ROW_GRAD = "auto"
 _COLUMN_GRAD = "auto"
 # CPU work is done in chunks of boxes whose (C*h, W) intermediates hold about this many elements,
 # so temporaries stay in cache and are recycled by the allocator instead of being page-faulted in.
-_CHUNK_ELEMS = 1 << 18
+_CHUNK_ELEMS = 1 << 18  # per intra-op thread (up to 4): each thread's share stays cache-sized
 _CPU_CHUNKS = True  # False: one chunk with all taps, as on CUDA (tests)
 
 _MAX_TAP = float(2**30)  # taps are clamped to this before the cast to long (huge finite boxes)
@@ -189,14 +189,14 @@ def _plan(cy: Tensor, cx: Tensor, ty: int, tx: int, per_box: int):
 
     cy, cx: (N,) taps each box uses along y and x (:func:`axis_taps`), ty, tx: their maxima.
     Off CPU: one chunk with every box and every tap (no host synchronization). On CPU: chunks of
-    about ``_CHUNK_ELEMS / per_box`` boxes. With more than two taps (anti-aliasing), boxes are
-    sorted by the number of taps they use and each chunk runs only the taps its boxes need: small
-    boxes do not pay for the largest one.
+    about ``_CHUNK_ELEMS * threads / per_box`` boxes. With more than two taps (anti-aliasing),
+    boxes are sorted by the number of taps they use and each chunk runs only the taps its boxes
+    need: small boxes do not pay for the largest one.
     """
     n = cy.shape[0]
     if cy.device.type != "cpu" or not _CPU_CHUNKS:
         return [(slice(0, n), ty, tx)]
-    step = max(1, _CHUNK_ELEMS // max(1, per_box))
+    step = max(1, _CHUNK_ELEMS * min(4, torch.get_num_threads()) // max(1, per_box))
     if ty <= 2 and tx <= 2:
         return [(slice(s, min(n, s + step)), ty, tx) for s in range(0, n, step)]
     order = torch.argsort(cy * (tx + 1) + cx, stable=True)
@@ -297,7 +297,8 @@ class _Separable(torch.autograd.Function):
             # dL/dpos[row] = sum_t dL/dwy[row, t] dwy[row, t]/dpos, with dL/dwy[row, t] = <v[row],
             # tapped image row t>: the sum over taps is one embedding_bag with the derivatives as
             # weights (likewise for the scale), instead of a gather and a dot product per tap.
-            derivs = [(d, _row_taps(rows, d, sel, ty)[1]) for d, need in ((dy_pos, need_pos), (dy_scale, need_scale)) if need]
+            wanted = ((dy_pos, need_pos), (dy_scale, need_scale))
+            derivs = [(d, _row_taps(rows, d, sel, ty)[1]) for d, need in wanted if need]
             gpsw = None  # dL/dwy, (nc*m, ty), only when wy itself requires grad
             if row_grad == "embedding_bag":
                 with torch.enable_grad():

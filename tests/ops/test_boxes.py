@@ -111,7 +111,7 @@ def test_theta_to_boxes_of_rotation_is_the_bounding_box(angle):
     c, s = math.cos(angle), math.sin(angle)
     theta = torch.tensor([[[0.5 * c, -0.3 * s, 0.1], [0.5 * s, 0.3 * c, -0.2]]], dtype=torch.float64)
     # corners of the sampled region: theta applied to the output frame's corners (+-1, +-1)
-    corners = torch.tensor([[-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [-1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    corners = torch.tensor([[-1, -1, 1], [1, -1, 1], [-1, 1, 1], [1, 1, 1]], dtype=torch.float64)
     pts = corners @ theta[0].T  # (4, 2) normalized
     px = (pts[:, 0] + 1) / 2 * width
     py = (pts[:, 1] + 1) / 2 * height

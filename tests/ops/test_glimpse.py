@@ -423,9 +423,8 @@ def test_zero_size_box_is_finite():
     # a point box repeats one bilinear sample
     point = glimpse(images, torch.tensor([[3.3, 2.7, 3.3, 2.7]], dtype=torch.float64), 2)
     assert torch.allclose(point, point[..., :1, :1].expand_as(point))
-    assert torch.autograd.gradcheck(
-        lambda b: glimpse(images.detach(), b, (3, 2)), (torch.tensor([[3.3, 2.7, 3.3, 2.7]], dtype=torch.float64, requires_grad=True),)
-    )
+    point_box = torch.tensor([[3.3, 2.7, 3.3, 2.7]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda b: glimpse(images.detach(), b, (3, 2)), (point_box,))
 
 
 @pytest.mark.parametrize("antialias", [False, True])
@@ -523,7 +522,7 @@ def test_bad_input_messages():
         glimpse(images, torch.zeros(3, 4), 4, indices=torch.tensor([0, 2, 1]))
     with pytest.raises(IndexError, match=r"got values in \[-1, 1\]"):
         glimpse(images, torch.zeros(3, 4), 4, indices=torch.tensor([0, -1, 1]))
-    with pytest.raises(ValueError, match=r"indices must be 1-d with one entry per box: boxes has shape \(3, 4\), indices"):
+    with pytest.raises(ValueError, match=r"indices must be 1-d with one entry per box: boxes has shape \(3, 4\)"):
         glimpse(images, torch.zeros(3, 4), 4, indices=torch.tensor([0, 1]))
     with pytest.raises(TypeError, match="indices must be an integer"):
         glimpse(images, torch.zeros(3, 4), 4, indices=torch.tensor([0.0, 1.0, 1.0]))
