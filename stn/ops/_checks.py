@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -23,12 +24,20 @@ def check_images(images: Tensor, name: str = "images") -> None:
         )
 
 
+def _as_int(value) -> int:
+    """An integer (int, numpy integer, 0-d integer tensor) as int; bool and floats are refused."""
+    if isinstance(value, bool):
+        raise TypeError("bool is not a size")
+    return operator.index(value)
+
+
 def check_size(size: Size2, name: str = "size") -> Tuple[int, int]:
     """Turn an int or (h, w) into a pair of positive ints."""
-    if isinstance(size, int):
-        size = (size, size)
     try:
-        h, w = (int(s) for s in size)
+        if isinstance(size, (Sequence, Tensor)) and not (isinstance(size, Tensor) and size.dim() == 0):
+            h, w = (_as_int(s) for s in size)
+        else:
+            h = w = _as_int(size)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be an int or a pair (h, w) of ints, got {size!r}") from None
     if h <= 0 or w <= 0:
