@@ -6,8 +6,9 @@ An axis-aligned crop resampled to ``(h, w)`` is separable::
 
 and both matrices are sparse: output row ``i`` reads ``T`` consecutive source rows ("taps": two
 for bilinear, about ``2 * downscale`` for the anti-aliasing triangle filter). :func:`axis_taps`
-builds them as tap lists, an index (N, out, T) long and a weight (N, out, T) that autograd
-differentiates w.r.t. the boxes; :class:`_Separable` applies them with an analytic backward:
+builds them as tap lists, an index (N, out, T) long and a weight (N, out, T), together with the
+sample positions (and filter half-widths) the weights are functions of and the derivatives of the
+weights w.r.t. them; :class:`_Separable` applies them with an analytic backward:
 
 * rows first, ``F.embedding_bag(mode="sum")`` over the images viewed as a (B*C*H, W) table of
   rows: it reads only the rows each glimpse needs, straight from the batch (no ``images[idx]``
@@ -22,10 +23,15 @@ output, these two passes ``2 * (W/w) + 2`` per output, but in long contiguous ru
 
 Backward: w.r.t. the images, ``index_add_`` of the weighted rows (CPU; sequential, hence
 deterministic) or the autograd of ``embedding_bag`` (other devices: sorted segment sums, no
-atomics); w.r.t. the tap weights, dot products of the incoming gradient with the tapped rows or
-columns. The column pass backward is a ``scatter_add_`` on CPU and a ``bmm`` with the dense
-``Wx`` elsewhere (CUDA's ``scatter_add_`` uses atomics). Dense matrices are built by one
-``scatter_add_`` per tap, which never writes one element twice within a call.
+atomics). W.r.t. the row sample positions (and half-widths): ``sum_t dL/dw_t * dw_t/dpos`` with
+``dL/dw_t`` the dot product of the incoming gradient with tapped row ``t``, which is one more
+``embedding_bag`` with ``dw/dpos`` as weights and one dot product, whatever the number of taps;
+autograd takes it from there to the boxes. W.r.t. the column weights: dot products of the
+incoming gradient with the tapped columns; autograd differentiates those weights. The column pass
+backward is a ``scatter_add_`` on CPU and a ``bmm`` with the dense ``Wx`` elsewhere (CUDA's
+``scatter_add_`` uses atomics). Dense matrices are built by one ``scatter_add_`` per tap, which
+never writes one element twice within a call. :func:`separable_sample` takes arbitrary taps
+(weights differentiated tap by tap), for :func:`stn.ops.paste`.
 
 On CPU, work runs in chunks of boxes so that temporaries stay in cache (the allocator returns big
 blocks to the OS and page-faults them back in on every call, which cost more than the compute),

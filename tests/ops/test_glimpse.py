@@ -532,6 +532,13 @@ def test_bad_input_messages():
         glimpse(images, boxes, -3)
     with pytest.raises(TypeError, match="size must be an int or a pair"):
         glimpse(images, boxes, "big")
+    with pytest.raises(TypeError, match=r"size must be an int or a pair \(h, w\) of ints, got \(2.5, 3\)"):
+        glimpse(images, boxes, (2.5, 3))
+    with pytest.raises(TypeError, match="size must be an int or a pair"):
+        glimpse(images, boxes, (1, 2, 3))
+    # integer scalars of other types are sizes too
+    assert glimpse(images, boxes, torch.tensor(3)).shape == (2, 3, 3, 3)
+    assert glimpse(images, boxes, torch.Size([2, 5])).shape == (2, 3, 2, 5)
     with pytest.raises(ValueError, match="padding_mode must be one of .* got 'wrap'"):
         glimpse(images, boxes, 4, padding_mode="wrap")
     with pytest.raises(ValueError, match=r"fill must be a number or one value per channel \(3\), got 2 values"):
