@@ -77,11 +77,12 @@ def glimpse(
     separable and reads only the pixels it needs, which is faster on CPU.
 
     Args:
-        images: (B, C, H, W) floating point images.
+        images: (B, C, H, W) floating point images (float32, float64, float16, bfloat16).
         boxes: (B, 4): one glimpse per image, output (B, C, h, w);
             (B, K, 4): K glimpses per image, output (B, K, C, h, w);
             (N, 4) with ``indices``: glimpse ``n`` of image ``indices[n]``, output (N, C, h, w).
-            Converted to the dtype of ``images``.
+            Floating point; sample positions and weights are computed in the images' dtype, but
+            at least float32 (half precision cannot tell 200.1 from 200.2).
         size: ``(h, w)`` of the glimpses, or an int for square ones.
         indices: (N,) long, the image of each box (any order, repeats allowed), or None.
         padding_mode: value of samples outside the image, as in ``F.grid_sample``
@@ -93,10 +94,11 @@ def glimpse(
         antialias: when a box spans more image pixels than glimpse pixels along an axis (ratio
             ``a = |x2 - x1| / w > 1``), each output pixel averages the image over its footprint with
             the triangle filter of ``F.interpolate(mode="bilinear", antialias=True)`` and PIL
-            (support ``a`` pixels on each side of the sample point). Interior pixels of an
-            integer-aligned box equal ``F.interpolate(crop, size, mode="bilinear",
-            antialias=True)``; footprints reaching past the image edge see the padding, like any
-            sample. Boxes smaller than the glimpse (upsampling) are unaffected.
+            (support ``a`` pixels on each side of the sample point). For an integer-aligned box,
+            the output pixels whose footprint lies inside the box equal ``F.interpolate(crop,
+            size, mode="bilinear", antialias=True)``; footprints reaching past the image edge see
+            the padding, like any sample (``interpolate`` renormalizes over the pixels it has).
+            Along an axis where the box is not larger than the glimpse nothing changes.
 
     Returns:
         (B, C, h, w), (B, K, C, h, w) or (N, C, h, w) glimpses, dtype and device of ``images``.
@@ -104,7 +106,7 @@ def glimpse(
         The backward is deterministic (no atomics) on CPU and CUDA. Where a sample point sits
         exactly on a pixel centre (or, anti-aliased, a filter edge on one), interpolation has a
         kink; the gradient there is the derivative from the right, as if the sample were a hair
-        further right or down (never zero by convention, so integer-aligned boxes can move).
+        further right or down (as ``grid_sample``'s is; not zero, so integer-aligned boxes move).
 
     Special boxes:
         * Zero-size boxes (``x1 == x2``) repeat one sample; outputs and gradients stay finite.
