@@ -20,6 +20,7 @@ it before changing it (``shutil.copytree``).
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -167,3 +168,30 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "filterwarnings", "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning"
     )
+
+
+def find_real_data(marker: str) -> Path | None:
+    """The first of $STN_DATA_DIR, ../shared/data and ./data that holds ``marker`` (a relative path)."""
+    repo = Path(__file__).resolve().parents[1]
+    for root in (os.environ.get("STN_DATA_DIR"), repo.parent / "shared" / "data", repo / "data"):
+        if root and (Path(root) / marker).exists():
+            return Path(root)
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_mnist_dir() -> Path:
+    """The data folder with the real MNIST IDX files; skips (saying why) where there is none."""
+    root = find_real_data("MNIST/raw/train-labels-idx1-ubyte")
+    if root is None:
+        pytest.skip("real MNIST not found in $STN_DATA_DIR, ../shared/data or ./data")
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_cifar10_jpeg_dir() -> Path:
+    """The CIFAR-10 JPEG copy (class folders); skips (saying why) where there is none."""
+    root = find_real_data("cifar10-jpeg/test/airplane")
+    if root is None:
+        pytest.skip("cifar10-jpeg not found in $STN_DATA_DIR, ../shared/data or ./data")
+    return root / "cifar10-jpeg"

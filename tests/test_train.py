@@ -252,3 +252,17 @@ def test_cli_ddp_two_cpu_processes(tmp_path, tiny_mnist_dir):
     assert len(runs) == 1, runs
     assert json.loads((runs[0] / "metrics.json").read_text())["test/acc"] >= 0
     assert (runs[0] / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_mnist_smoke_accuracy_floor(tmp_path, real_mnist_dir):
+    """Real MNIST, the default config, 150 training steps: the attention model must learn."""
+    cfg = make_cfg(
+        "train",
+        tmp_path / "real",
+        [f"paths.data_dir={real_mnist_dir}", "trainer.max_epochs=1", "trainer.limit_train_batches=150",
+         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "logger=csv"],
+    )
+    metrics = train(cfg)
+    assert metrics["test/acc"] >= 0.93, metrics

@@ -250,19 +250,10 @@ def test_configs_build_the_module(tiny_imagefolder_dir, tmp_path, data_config):
     assert jdm.image_shape == (3, 32, 32) and jdm.mean == (0.4914, 0.4822, 0.4465)
 
 
-def _real_jpeg_dir() -> Path | None:
-    here = Path(__file__).resolve().parents[2]
-    for root in (os.environ.get("STN_DATA_DIR"), here.parent / "shared" / "data", here / "data"):
-        if root and (Path(root) / "cifar10-jpeg" / "test" / "airplane").is_dir():
-            return Path(root) / "cifar10-jpeg"
-    return None
-
-
 @pytest.mark.realdata
-@pytest.mark.skipif(_real_jpeg_dir() is None, reason="cifar10-jpeg not found in $STN_DATA_DIR, ../shared/data or data/")
-def test_real_cifar10_jpeg_listing():
+def test_real_cifar10_jpeg_listing(real_cifar10_jpeg_dir):
     # listing only (decoding all 60,000 files takes several seconds; see the report for timings)
-    dm = module(_real_jpeg_dir(), image_size=32)
+    dm = module(real_cifar10_jpeg_dir, image_size=32)
     assert dm.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     test = dm._samples(dm._folder("test"))
     assert len(test) == 10000 and torch.bincount(torch.tensor([s[1] for s in test])).tolist() == [1000] * 10

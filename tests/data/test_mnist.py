@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -79,22 +78,13 @@ def test_missing_data_names_the_folder(tmp_path):
     assert str(tmp_path / "nowhere" / "MNIST" / "raw") in msg and "train-images-idx3-ubyte" in msg
 
 
-def _real_data_dir() -> Path | None:
-    here = Path(__file__).resolve().parents[2]
-    for root in (os.environ.get("STN_DATA_DIR"), here.parent / "shared" / "data", here / "data"):
-        if root and (Path(root) / "MNIST" / "raw" / "train-labels-idx1-ubyte").is_file():
-            return Path(root)
-    return None
-
-
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(_real_data_dir() is None, reason="real MNIST not found in $STN_DATA_DIR, ../shared/data or data/")
-def test_real_mnist_has_the_official_label_counts():
-    train, test = load_mnist(_real_data_dir(), download=False)
+def test_real_mnist_has_the_official_label_counts(real_mnist_dir):
+    train, test = load_mnist(real_mnist_dir, download=False)
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     assert torch.bincount(train.labels).tolist() == TRAIN_COUNTS
     assert torch.bincount(test.labels).tolist() == TEST_COUNTS
