@@ -107,6 +107,8 @@ def glimpse(
         exactly on a pixel centre (or, anti-aliased, a filter edge on one), interpolation has a
         kink; the gradient there is the derivative from the right, as if the sample were a hair
         further right or down (as ``grid_sample``'s is; not zero, so integer-aligned boxes move).
+        Anti-aliased, a box exactly as large as the glimpse gets the plain bilinear gradient
+        (the blur's onset as it widens is a kink too, taken from the side of no blur).
 
     Special boxes:
         * Zero-size boxes (``x1 == x2``) repeat one sample; outputs and gradients stay finite.

@@ -362,7 +362,6 @@ def test_matches_grid_sample_gradients(glimpse_gen, make_boxes, glimpse_oracle):
     """Gradients w.r.t. images and boxes equal the autograd of affine_grid + grid_sample."""
     images = torch.rand(3, 2, 11, 13, generator=glimpse_gen, dtype=torch.float64)
     boxes = make_boxes(6, 11, 13, glimpse_gen, dtype=torch.float64)
-    boxes[0] = torch.tensor([2.0, 3.0, 6.0, 8.0])  # every sample on a pixel centre: a kink
     idx = torch.tensor([0, 2, 2, 1, 0, 2])
     grad = torch.randn(6, 2, 5, 4, generator=glimpse_gen, dtype=torch.float64)
     for mode in PADDING_MODES:
@@ -373,6 +372,30 @@ def test_matches_grid_sample_gradients(glimpse_gen, make_boxes, glimpse_oracle):
             store += [i.grad, b.grad]
         torch.testing.assert_close(got[0], want[0], atol=1e-10, rtol=0)
         torch.testing.assert_close(got[1], want[1], atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("antialias", [False, True])
+def test_gradient_at_pixel_centres_is_the_right_derivative(antialias, glimpse_gen):
+    """Every sample on a pixel centre (a kink of bilinear interpolation): the gradient w.r.t. each
+    coordinate is the one-sided difference quotient for increasing it (which moves every sample
+    right or down). Anti-aliased, a box exactly as large as the glimpse (a = 1) has a second kink,
+    the onset of the blur when it widens (x2, y2); its gradient there is the plain bilinear one
+    (test_antialias_gradient_at_pixel_centres_matches_bilinear), so only x1, y1 are checked."""
+    images = torch.rand(2, 2, 11, 13, generator=glimpse_gen, dtype=torch.float64)
+    boxes = torch.tensor([[2.0, 3.0, 6.0, 8.0], [0.0, 0.0, 13.0, 11.0]], dtype=torch.float64)
+    weights = torch.randn(2, 2, 5, 4, generator=glimpse_gen, dtype=torch.float64)
+
+    def loss(b):
+        return (glimpse(images, b, (5, 4), antialias=antialias, padding_mode="border") * weights).sum()
+
+    b = boxes.clone().requires_grad_()
+    loss(b).backward()
+    eps = 1e-7
+    for n in range(2):
+        for k in range(2 if antialias and n == 0 else 4):
+            moved = boxes.clone()
+            moved[n, k] += eps
+            assert abs((loss(moved) - loss(boxes)).item() / eps - b.grad[n, k].item()) < 1e-5
 
 
 def test_inputs_not_modified(glimpse_gen, make_boxes):
