@@ -195,3 +195,15 @@ def real_cifar10_jpeg_dir() -> Path:
     if root is None:
         pytest.skip("cifar10-jpeg not found in $STN_DATA_DIR, ../shared/data or ./data")
     return root / "cifar10-jpeg"
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Small tensors: extra intra-op threads only add OpenMP waits, badly on a busy machine.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

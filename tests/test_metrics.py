@@ -7,13 +7,7 @@ from torchvision.ops import box_iou
 from stn.metrics import BoxIoU, paired_box_iou
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: intra-op threads only add OpenMP spin-waits (slow on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def t(*rows):

@@ -19,13 +19,7 @@ from stn.data.preview import BOX_COLOUR, CONFIG_DIR, compose_data_config, draw, 
 pytestmark = pytest.mark.filterwarnings("ignore:train.yaml did not compose")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: intra-op threads only add OpenMP spin-waits (slow on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 CONFIGS = {
     "translated_mnist": (synthetic.TranslatedMNISTDataModule, 60, {"canvas_size": 60}),
