@@ -16,10 +16,10 @@ from stn.data import synthetic
 from stn.data.base import TensorDataModule
 from stn.data.preview import BOX_COLOUR, CONFIG_DIR, compose_data_config, draw, main, parse_args
 
-pytestmark = pytest.mark.filterwarnings("ignore:train.yaml did not compose")
-
-
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:train.yaml did not compose"),
+    pytest.mark.usefixtures("single_thread"),
+]
 
 CONFIGS = {
     "translated_mnist": (synthetic.TranslatedMNISTDataModule, 60, {"canvas_size": 60}),
