@@ -110,7 +110,7 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         metrics.update(_floats(trainer.callback_metrics))
     metrics["time/wall_s"] = time.time() - start
     sweep.log_hparams_with_metrics(trainer, cfg, metrics)
-    write_metrics(cfg.paths.output_dir, metrics)
+    write_metrics(cfg.paths.output_dir, {**metrics, "status": "ok"})
     return metrics
 
 
@@ -133,7 +133,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, float]:
     trainer = build_trainer(cfg)
     trainer.test(module, datamodule=datamodule)
     metrics = _floats(trainer.callback_metrics)
-    write_metrics(cfg.paths.output_dir, metrics)
+    write_metrics(cfg.paths.output_dir, {**metrics, "status": "ok"})
     return metrics
 
 
@@ -164,7 +164,6 @@ def run_task(task, cfg: DictConfig) -> Optional[float]:
             log.error(str(err))
             raise SystemExit(1) from None
         raise
-    write_metrics(cfg.paths.output_dir, {**metrics, "status": "ok"})
     if task is evaluate:
         print(result_row(Path(cfg.ckpt_path).name, metrics))
     return sweep.sweeper_value(metrics.get(cfg.get("optimized_metric") or "", float("nan")))

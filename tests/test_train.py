@@ -68,6 +68,7 @@ def test_train_writes_metrics_json(trained):
     for key in ("train/loss", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/loss", "time/wall_s"):
         assert key in saved, key
     assert 0.0 <= saved["test/acc"] <= 1.0
+    assert saved["status"] == "ok"
     assert saved["val/acc_best"] >= saved["val/acc"] - 1e-6
     assert saved["test/acc"] == pytest.approx(metrics["test/acc"])
 
