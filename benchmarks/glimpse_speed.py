@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from _machine import cpu_model  # benchmarks/_machine.py: scripts run as `python benchmarks/<name>.py`
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,14 +40,6 @@ SHAPES = [  # (B, C, H, W, h, w)
 ]
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_inputs(shape, device, dtype=torch.float32, seed=0):
