@@ -55,6 +55,9 @@ class GlimpseClassifier(L.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         box_loss_weight: weight of a supervised smooth-L1 box loss (pixels / image size); 0 keeps
             training weakly supervised.
+        box_area_weight: weight of a penalty on the mean box area as a fraction of the image area
+            (every glimpse's box). Unsupervised: classification alone never rewards a box smaller
+            than "object plus margin", this pulls boxes in until cutting the object costs more.
         nonfinite_check_every: check the loss for NaN/Inf every this many steps (a host sync).
     """
 
@@ -68,11 +71,14 @@ class GlimpseClassifier(L.LightningModule):
         loc_freeze_epochs: int = 0,
         label_smoothing: float = 0.0,
         box_loss_weight: float = 0.0,
+        box_area_weight: float = 0.0,
         nonfinite_check_every: int = 20,
     ) -> None:
         super().__init__()
         if loc_lr_mult < 0:
             raise ValueError(f"loc_lr_mult must be >= 0, got {loc_lr_mult}")
+        if box_area_weight < 0:
+            raise ValueError(f"box_area_weight must be >= 0, got {box_area_weight}")
         if loc_freeze_epochs < 0:
             raise ValueError(f"loc_freeze_epochs must be >= 0, got {loc_freeze_epochs}")
         # Factories stay out of the checkpoint, so checkpoints load with torch.load(weights_only=True);
@@ -99,6 +105,8 @@ class GlimpseClassifier(L.LightningModule):
             loss = loss + self.hparams.box_loss_weight * F.smooth_l1_loss(
                 _first_box(out["boxes"]) / size, batch["box"] / size
             )
+        if self.hparams.box_area_weight > 0 and "boxes" in out:
+            loss = loss + self.hparams.box_area_weight * _area_fraction(out["boxes"], batch["image"].shape[-2:]).mean()
         return loss, out
 
     def training_step(self, batch: Dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -199,6 +207,12 @@ class GlimpseClassifier(L.LightningModule):
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _area_fraction(boxes: Tensor, image_size) -> Tensor:
+    """|w * h| / (H * W) of pixel boxes (..., 4) ``x1, y1, x2, y2`` in images of (H, W)."""
+    wh = boxes[..., 2:] - boxes[..., :2]
+    return (wh[..., 0] * wh[..., 1]).abs() / (image_size[0] * image_size[1])
 
 
 def _first_box(boxes: Tensor) -> Tensor:

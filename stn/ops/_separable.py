@@ -234,9 +234,13 @@ class _Separable(torch.autograd.Function):
         w_in = table.shape[1]
         m = channels * h
         out = table.new_empty(n, m, w)
+        # The column weights' gradient reads the row pass's result: keep it rather than redo it.
+        ctx.inters = [] if ctx.needs_input_grad[8] else None
         for sel, ty, tx in plan:
             bags, psw = _row_taps(rows, wy, sel, ty)
             inter = F.embedding_bag(bags, table, per_sample_weights=psw, mode="sum").view(-1, m, w_in)
+            if ctx.inters is not None:
+                ctx.inters.append(inter)
             kxc, wxc = _take(kx, sel)[:, :tx], _take(wx, sel)[:, :tx]
             if isinstance(sel, slice):
                 _columns(inter, kxc, wxc, out=out[sel])
@@ -267,14 +271,15 @@ class _Separable(torch.autograd.Function):
         grad_scale = grad.new_zeros(n) if need_scale else None
         grad_wx = torch.zeros_like(wx) if need_wx else None
         work = vwork = None
-        for sel, ty, tx in ctx.plan:
+        inters = ctx.inters  # not cleared: backward may run again on a retained graph
+        for chunk, (sel, ty, tx) in enumerate(ctx.plan):
             g = _take(grad, sel)
             kxc, wxc = _take(kx, sel)[:, :tx], _take(wx, sel)[:, :tx]
             bags, psw = _row_taps(rows, wy, sel, ty)
             nc = g.shape[0]
             dense = tx * _DENSE_RATIO >= w_in
             if need_wx:
-                inter = F.embedding_bag(bags, table, per_sample_weights=psw, mode="sum").view(nc, m, w_in)
+                inter = inters[chunk]
                 if dense:
                     # dL/dWx = G^T inter, read at the taps
                     full = torch.bmm(g.transpose(1, 2), inter)  # (nc, w, W)

@@ -1,0 +1,55 @@
+"""stn.lit.GlimpseClassifier: the loss terms and their argument checks."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from stn.lit import GlimpseClassifier
+from stn.models import AttentionModel, BoxHead
+
+MNIST = dict(in_channels=1, num_classes=10, image_size=(28, 28), mean=(0.1307,), std=(0.3081,))
+
+
+def module(**kwargs) -> GlimpseClassifier:
+    torch.manual_seed(0)
+    head = functools.partial(BoxHead, min_scale=0.2, max_scale=1.0, init_scale=0.6)
+    model = AttentionModel(box_head=head, glimpse_size=(14, 14), **MNIST)
+    return GlimpseClassifier(model, 10, optimizer=functools.partial(torch.optim.Adam, lr=1e-2), **kwargs)
+
+
+def batch(b=8):
+    g = torch.Generator().manual_seed(1)
+    return {"image": torch.rand(b, 1, 28, 28, generator=g), "label": torch.arange(b) % 10}
+
+
+def test_box_area_penalty_adds_mean_area_fraction():
+    data = batch()
+    plain, _ = module()._shared_step(data)
+    penalized, out = module(box_area_weight=0.5)._shared_step(data)
+    wh = out["boxes"][:, 2:] - out["boxes"][:, :2]
+    area = (wh[:, 0] * wh[:, 1] / (28 * 28)).mean()
+    assert area.item() == pytest.approx(0.36, rel=1e-4)  # init_scale 0.6 squared
+    torch.testing.assert_close(penalized, plain + 0.5 * area)
+
+
+def test_box_area_penalty_shrinks_boxes():
+    lit, data = module(box_area_weight=10.0), batch()
+    opt = torch.optim.Adam(lit.model.localization_parameters(), lr=0.1)
+    sides = []
+    for _ in range(20):
+        loss, out = lit._shared_step(data)
+        sides.append((out["boxes"][:, 2] - out["boxes"][:, 0]).mean().item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert sides[0] == pytest.approx(0.6 * 28, rel=1e-4)
+    assert sides[-1] < 0.8 * sides[0]
+
+
+@pytest.mark.parametrize("name", ["box_area_weight", "loc_lr_mult", "loc_freeze_epochs"])
+def test_negative_weights_are_clear_errors(name):
+    with pytest.raises(ValueError, match=name):
+        module(**{name: -1})
