@@ -58,6 +58,9 @@ class GlimpseClassifier(L.LightningModule):
         box_area_weight: weight of a penalty on the mean box area as a fraction of the image area
             (every glimpse's box). Unsupervised: classification alone never rewards a box smaller
             than "object plus margin", this pulls boxes in until cutting the object costs more.
+        box_area_warmup: fraction of the training steps over which ``box_area_weight`` ramps up
+            linearly from 0, so the localizer learns where the object is before boxes shrink (a
+            full-strength penalty from the first step can shrink them onto nothing).
         nonfinite_check_every: check the loss for NaN/Inf every this many steps (a host sync).
     """
 
@@ -72,6 +75,7 @@ class GlimpseClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         box_loss_weight: float = 0.0,
         box_area_weight: float = 0.0,
+        box_area_warmup: float = 0.0,
         nonfinite_check_every: int = 20,
     ) -> None:
         super().__init__()
@@ -79,6 +83,8 @@ class GlimpseClassifier(L.LightningModule):
             raise ValueError(f"loc_lr_mult must be >= 0, got {loc_lr_mult}")
         if box_area_weight < 0:
             raise ValueError(f"box_area_weight must be >= 0, got {box_area_weight}")
+        if not 0 <= box_area_warmup <= 1:
+            raise ValueError(f"box_area_warmup must be a fraction of training in [0, 1], got {box_area_warmup}")
         if loc_freeze_epochs < 0:
             raise ValueError(f"loc_freeze_epochs must be >= 0, got {loc_freeze_epochs}")
         # Factories stay out of the checkpoint, so checkpoints load with torch.load(weights_only=True);
@@ -106,8 +112,16 @@ class GlimpseClassifier(L.LightningModule):
                 _first_box(out["boxes"]) / size, batch["box"] / size
             )
         if self.hparams.box_area_weight > 0 and "boxes" in out:
-            loss = loss + self.hparams.box_area_weight * _area_fraction(out["boxes"], batch["image"].shape[-2:]).mean()
+            loss = loss + self._area_weight() * _area_fraction(out["boxes"], batch["image"].shape[-2:]).mean()
         return loss, out
+
+    def _area_weight(self) -> float:
+        """box_area_weight, ramped over the first box_area_warmup of the training steps."""
+        weight, warmup = self.hparams.box_area_weight, self.hparams.box_area_warmup
+        if warmup == 0 or self._trainer is None:
+            return weight
+        ramp = warmup * self.trainer.estimated_stepping_batches
+        return weight * min(1.0, self.global_step / ramp)
 
     def training_step(self, batch: Dict[str, Tensor], batch_idx: int) -> Tensor:
         loss, out = self._shared_step(batch)

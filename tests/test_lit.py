@@ -53,3 +53,25 @@ def test_box_area_penalty_shrinks_boxes():
 def test_negative_weights_are_clear_errors(name):
     with pytest.raises(ValueError, match=name):
         module(**{name: -1})
+
+
+def test_box_area_warmup_ramps_the_weight_linearly():
+    lit = module(box_area_weight=2.0, box_area_warmup=0.5)
+    assert lit._area_weight() == 2.0  # no trainer: nothing to ramp over
+
+    class Trainer:  # the two attributes the ramp reads
+        estimated_stepping_batches = 100
+        global_step = 0
+
+    lit._trainer = Trainer()
+    weights = []
+    for step in (0, 25, 50, 80):
+        Trainer.global_step = step
+        weights.append(lit._area_weight())
+    assert weights == [0.0, 1.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize("warmup", [-0.1, 1.5])
+def test_box_area_warmup_outside_unit_interval_is_a_clear_error(warmup):
+    with pytest.raises(ValueError, match="box_area_warmup"):
+        module(box_area_warmup=warmup)
