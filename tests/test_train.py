@@ -17,7 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from stn.tasks import evaluate, train
+from stn.tasks import build, evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = str(ROOT / "configs")
@@ -267,3 +267,40 @@ def test_real_mnist_smoke_accuracy_floor(tmp_path, real_mnist_dir):
     )
     metrics = train(cfg)
     assert metrics["test/acc"] >= 0.93, metrics
+
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
+
+
+def experiment_cfg(name: str, out: Path, data_dirs: dict, extra=()):
+    data = data_dirs["cifar"] if name.startswith("cifar10") else data_dirs["mnist"]
+    return make_cfg("train", out, FAST + [f"experiment={name}", f"paths.data_dir={data}", *extra])
+
+
+@pytest.fixture
+def data_dirs(tiny_mnist_dir, tiny_cifar_dir):
+    return {"mnist": tiny_mnist_dir, "cifar": tiny_cifar_dir}
+
+
+def test_every_experiment_has_a_cnn_twin_of_the_same_budget(tmp_path, data_dirs):
+    glimpse = [name for name in EXPERIMENTS if not name.endswith("_cnn")]
+    assert glimpse and sorted(glimpse + [f"{name}_cnn" for name in glimpse]) == EXPERIMENTS
+    for name in glimpse:
+        counts = {}
+        for variant in (name, f"{name}_cnn"):
+            cfg = experiment_cfg(variant, tmp_path / variant, data_dirs)
+            _, module = build(cfg)
+            counts[variant] = sum(p.numel() for p in module.model.parameters())
+        small, large = sorted(counts.values())
+        assert large / small <= 1.15, counts
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_trains(name, tmp_path, data_dirs):
+    cfg = experiment_cfg(name, tmp_path / name, data_dirs, ["trainer.max_epochs=1", "logger=csv"])
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert "test/acc" in metrics
+    glimpses, boxes = not name.endswith("_cnn"), not name.startswith(("mnist", "cifar10"))
+    # synthetic data carries true boxes: glimpse models are scored on them
+    assert ("test/iou50" in metrics) == (glimpses and boxes)
