@@ -1,5 +1,6 @@
 """What the benchmark scripts print about the machine they ran on."""
 
+import os
 import platform
 from pathlib import Path
 
@@ -13,3 +14,11 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages ("unknown" where the OS has none): how busy the
+    machine was, which moves wall-clock timings."""
+    if not hasattr(os, "getloadavg"):
+        return "unknown"
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())

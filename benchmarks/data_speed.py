@@ -40,7 +40,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 import torch
 import torch.nn.functional as F
 
-from _machine import cpu_model  # benchmarks/_machine.py: scripts run as `python benchmarks/<name>.py`
+from _machine import cpu_model, load_average  # benchmarks/_machine.py: scripts run as `python benchmarks/<name>.py`
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,8 +54,6 @@ from stn.data.synthetic import (  # noqa: E402
 )
 
 BATCH = 128
-
-
 
 
 def sync(device: torch.device) -> None:
@@ -267,12 +265,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     def best(prefix: str) -> float:
         return min(v for k, v in epoch.items() if k.startswith(prefix) and "DataLoader" in k)
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     lines = [
         f"Machine: {cpu_model()}, {cpus} CPUs available, torch {torch.__version__} "
         f"({torch.get_num_threads()} intra-op threads), device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-        + f", load average {load[0]:.1f} during the run (other processes on the machine).",
+        + f", load average (1/5/15 min) {load_average()} at the end of the run (other processes on the machine).",
         "",
         "| data | pipeline | epoch (s) | per batch (ms) | speed-up vs best DataLoader row |",
         "|---|---|---:|---:|---:|",

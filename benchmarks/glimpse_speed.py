@@ -17,7 +17,6 @@ leave the image), padding zeros.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _machine import cpu_model  # benchmarks/_machine.py: scripts run as `python benchmarks/<name>.py`
+from _machine import cpu_model, load_average  # benchmarks/_machine.py: scripts run as `python benchmarks/<name>.py`
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,8 +37,6 @@ SHAPES = [  # (B, C, H, W, h, w)
     (256, 3, 32, 32, 32, 32),
     (64, 3, 224, 224, 64, 64),
 ]
-
-
 
 
 def make_inputs(shape, device, dtype=torch.float32, seed=0):
@@ -145,8 +142,7 @@ def main(argv=None) -> None:
     args_line = " ".join(argv if argv is not None else sys.argv[1:])
     print(f"command: python benchmarks/glimpse_speed.py {args_line}".rstrip())
     print(f"CPU: {cpu_model()}; torch {torch.__version__}; threads {torch.get_num_threads()}")
-    if hasattr(os, "getloadavg"):
-        print(f"load average at start (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at start (1/5/15 min): {load_average()}")
     for dev in devices:
         device = torch.device(dev)
         if device.type == "cuda":
@@ -166,8 +162,7 @@ def main(argv=None) -> None:
                         f"| {tb:.3f} | {to:.3f} | {tb / to:.2f}x |",
                         flush=True,
                     )
-    if hasattr(os, "getloadavg"):
-        print(f"\nload average at end (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"\nload average at end (1/5/15 min): {load_average()}")
 
 
 if __name__ == "__main__":
