@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+from torchvision.ops import box_area
 
 from stn.metrics import BoxIoU
 
@@ -55,8 +56,8 @@ class GlimpseClassifier(L.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         box_loss_weight: weight of a supervised smooth-L1 box loss (pixels / image size); 0 keeps
             training weakly supervised.
-        box_area_weight: weight of a penalty on the mean box area as a fraction of the image area
-            (every glimpse's box). Unsupervised: classification alone never rewards a box smaller
+        box_area_weight: weight of a training-loss penalty on the mean box area as a fraction of
+            the image area (every glimpse's box; not part of ``val/loss`` or ``test/loss``). Unsupervised: classification alone never rewards a box smaller
             than "object plus margin", this pulls boxes in until cutting the object costs more.
         box_area_warmup: fraction of the training steps over which ``box_area_weight`` ramps up
             linearly from 0, so the localizer learns where the object is before boxes shrink (a
@@ -103,7 +104,9 @@ class GlimpseClassifier(L.LightningModule):
         return self.model(images)
 
     # -- steps ----------------------------------------------------------------------------------
-    def _shared_step(self, batch: Dict[str, Tensor]) -> tuple[Tensor, Dict[str, Tensor]]:
+    def _shared_step(self, batch: Dict[str, Tensor], train: bool = False) -> tuple[Tensor, Dict[str, Tensor]]:
+        """Loss and model outputs. ``train`` adds the box-area penalty, a training prior that stays
+        out of ``val/loss`` and ``test/loss`` (they remain comparable across runs and weights)."""
         out = self.model(batch["image"])
         loss = F.cross_entropy(out["logits"], batch["label"], label_smoothing=self.hparams.label_smoothing)
         if self.hparams.box_loss_weight > 0 and "box" in batch and "boxes" in out:
@@ -111,8 +114,10 @@ class GlimpseClassifier(L.LightningModule):
             loss = loss + self.hparams.box_loss_weight * F.smooth_l1_loss(
                 _first_box(out["boxes"]) / size, batch["box"] / size
             )
-        if self.hparams.box_area_weight > 0 and "boxes" in out:
-            loss = loss + self._area_weight() * _area_fraction(out["boxes"], batch["image"].shape[-2:]).mean()
+        if train and self.hparams.box_area_weight > 0 and "boxes" in out:
+            height, width = batch["image"].shape[-2:]
+            area = box_area(out["boxes"].reshape(-1, 4)).abs() / (height * width)
+            loss = loss + self._area_weight() * area.mean()
         return loss, out
 
     def _area_weight(self) -> float:
@@ -124,7 +129,7 @@ class GlimpseClassifier(L.LightningModule):
         return weight * min(1.0, self.global_step / ramp)
 
     def training_step(self, batch: Dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss, out = self._shared_step(batch)
+        loss, out = self._shared_step(batch, train=True)
         self._nonfinite = self._nonfinite.to(loss.device) | ~torch.isfinite(loss.detach())
         if (batch_idx + 1) % self.hparams.nonfinite_check_every == 0:
             self._raise_if_nonfinite()
@@ -221,12 +226,6 @@ class GlimpseClassifier(L.LightningModule):
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def _area_fraction(boxes: Tensor, image_size) -> Tensor:
-    """|w * h| / (H * W) of pixel boxes (..., 4) ``x1, y1, x2, y2`` in images of (H, W)."""
-    wh = boxes[..., 2:] - boxes[..., :2]
-    return (wh[..., 0] * wh[..., 1]).abs() / (image_size[0] * image_size[1])
 
 
 def _first_box(boxes: Tensor) -> Tensor:

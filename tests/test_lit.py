@@ -28,11 +28,18 @@ def batch(b=8):
 def test_box_area_penalty_adds_mean_area_fraction():
     data = batch()
     plain, _ = module()._shared_step(data)
-    penalized, out = module(box_area_weight=0.5)._shared_step(data)
+    penalized, out = module(box_area_weight=0.5)._shared_step(data, train=True)
     wh = out["boxes"][:, 2:] - out["boxes"][:, :2]
     area = (wh[:, 0] * wh[:, 1] / (28 * 28)).mean()
     assert area.item() == pytest.approx(0.36, rel=1e-4)  # init_scale 0.6 squared
     torch.testing.assert_close(penalized, plain + 0.5 * area)
+
+
+def test_box_area_penalty_stays_out_of_evaluation_losses():
+    data = batch()
+    plain, _ = module()._shared_step(data)
+    evaluated, _ = module(box_area_weight=0.5)._shared_step(data)
+    torch.testing.assert_close(evaluated, plain)
 
 
 def test_box_area_penalty_shrinks_boxes():
@@ -40,7 +47,7 @@ def test_box_area_penalty_shrinks_boxes():
     opt = torch.optim.Adam(lit.model.localization_parameters(), lr=0.1)
     sides = []
     for _ in range(20):
-        loss, out = lit._shared_step(data)
+        loss, out = lit._shared_step(data, train=True)
         sides.append((out["boxes"][:, 2] - out["boxes"][:, 0]).mean().item())
         opt.zero_grad()
         loss.backward()
