@@ -170,31 +170,26 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def find_real_data(marker: str) -> Path | None:
-    """The first of $STN_DATA_DIR, ../shared/data and ./data that holds ``marker`` (a relative path)."""
+def real_data(marker: str, what: str) -> Path:
+    """The first of $STN_DATA_DIR, ../shared/data and ./data that holds ``marker`` (a relative
+    path); skips the test, saying why, where none does."""
     repo = Path(__file__).resolve().parents[1]
     for root in (os.environ.get("STN_DATA_DIR"), repo.parent / "shared" / "data", repo / "data"):
         if root and (Path(root) / marker).exists():
             return Path(root)
-    return None
+    pytest.skip(f"{what} not found in $STN_DATA_DIR, ../shared/data or ./data")
 
 
 @pytest.fixture(scope="session")
 def real_mnist_dir() -> Path:
-    """The data folder with the real MNIST IDX files; skips (saying why) where there is none."""
-    root = find_real_data("MNIST/raw/train-labels-idx1-ubyte")
-    if root is None:
-        pytest.skip("real MNIST not found in $STN_DATA_DIR, ../shared/data or ./data")
-    return root
+    """The data folder with the real MNIST IDX files."""
+    return real_data("MNIST/raw/train-labels-idx1-ubyte", "real MNIST")
 
 
 @pytest.fixture(scope="session")
 def real_cifar10_jpeg_dir() -> Path:
-    """The CIFAR-10 JPEG copy (class folders); skips (saying why) where there is none."""
-    root = find_real_data("cifar10-jpeg/test/airplane")
-    if root is None:
-        pytest.skip("cifar10-jpeg not found in $STN_DATA_DIR, ../shared/data or ./data")
-    return root / "cifar10-jpeg"
+    """The CIFAR-10 JPEG copy (class folders)."""
+    return real_data("cifar10-jpeg/test/airplane", "cifar10-jpeg") / "cifar10-jpeg"
 
 
 @pytest.fixture(scope="module")
