@@ -187,6 +187,29 @@ def test_multi_glimpse_retina(fusion):
     assert model.box_head.linear.weight.grad.abs().sum() > 0
 
 
+def test_context_dropout_blanks_the_surround_of_some_training_images_only():
+    torch.manual_seed(0)
+    model = MultiGlimpseModel(num_glimpses=2, retina_scales=[1, 2], context_dropout=0.5, glimpse_size=(8, 8),
+                              classifier=lambda **kw: DigitNet(widths=(4, 8), **kw), **MNIST)
+    seen = []
+    model.classifier.trunk.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    x = images(b=64)
+    out = model(x)
+    trunk_in = seen[-1].reshape(64, 2, 2, 8, 8)  # (B, G, levels, h, w), normalized
+    expected = model.normalize(out["retina"].reshape(64 * 2, 2, 8, 8)).reshape(64, 2, 2, 8, 8)
+    torch.testing.assert_close(trunk_in[:, :, 0], expected[:, :, 0])  # the box itself is never blanked
+    blanked = trunk_in[:, :, 1].flatten(1).abs().amax(1) == 0  # per image: all its glimpses or none
+    assert torch.equal(blanked, trunk_in[:, 0, 1].flatten(1).abs().amax(1) == 0)
+    assert 16 <= int(blanked.sum()) <= 48
+    torch.testing.assert_close(trunk_in[~blanked, :, 1], expected[~blanked, :, 1])
+    out["logits"].sum().backward()  # the blanked levels still pass gradients through the rest
+    assert model.box_head.linear.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    torch.testing.assert_close(seen[-1].reshape(64, 2, 2, 8, 8), expected)
+
+
 def test_multi_glimpse_mean_fusion_needs_distinct_starts():
     with pytest.raises(ValueError, match="never separate"):
         MultiGlimpseModel(num_glimpses=2, fusion="mean", **MNIST)
@@ -276,6 +299,8 @@ def test_config_overrides_anisotropic_and_retina():
         (lambda: MultiGlimpseModel(fusion="sum", **MNIST), "fusion"),
         (lambda: MultiGlimpseModel(retina_scales=[2, 4], **MNIST), "retina_scales"),
         (lambda: MultiGlimpseModel(num_glimpses=0, **MNIST), "num_glimpses"),
+        (lambda: MultiGlimpseModel(retina_scales=[1, 2], context_dropout=1.0, **MNIST), "context_dropout"),
+        (lambda: MultiGlimpseModel(context_dropout=0.5, **MNIST), "context_dropout"),
         (lambda: CNNModel(**{**MNIST, "num_classes": 0}), "num_classes"),
     ],
 )
