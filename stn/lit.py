@@ -57,8 +57,9 @@ class GlimpseClassifier(L.LightningModule):
         box_loss_weight: weight of a supervised smooth-L1 box loss (pixels / image size); 0 keeps
             training weakly supervised.
         box_area_weight: weight of a training-loss penalty on the mean box area as a fraction of
-            the image area (every glimpse's box; not part of ``val/loss`` or ``test/loss``). Unsupervised: classification alone never rewards a box smaller
-            than "object plus margin", this pulls boxes in until cutting the object costs more.
+            the image area (every glimpse's box; not part of ``val/loss`` or ``test/loss``).
+            Unsupervised: classification alone never rewards a box smaller than "object plus
+            margin", this pulls boxes in until cutting the object costs more.
         box_area_warmup: fraction of the training steps over which ``box_area_weight`` ramps up
             linearly from 0, so the localizer learns where the object is before boxes shrink (a
             full-strength penalty from the first step can shrink them onto nothing).
