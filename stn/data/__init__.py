@@ -1,3 +1,7 @@
+"""Data: LightningDataModules that hold whole datasets as uint8 tensors on the training device and
+cut batches there without per-sample Python (image folders too big for memory are streamed), and
+the synthetic MNIST variants (translated, cluttered, distorted)."""
+
 from .base import DataMissingError, TensorDataModule, TensorLoader, TensorSplit
 from .augment import CropFlip, random_crop_flip
 from .mnist import MNISTDataModule, load_mnist
@@ -12,3 +16,25 @@ from .synthetic import (
     tight_boxes,
     translate,
 )
+
+__all__ = [
+    "CIFAR10DataModule",
+    "ClutteredMNISTDataModule",
+    "CropFlip",
+    "DataMissingError",
+    "DistortedMNISTDataModule",
+    "ImageFolderDataModule",
+    "MNISTDataModule",
+    "StreamLoader",
+    "TensorDataModule",
+    "TensorLoader",
+    "TensorSplit",
+    "TranslatedMNISTDataModule",
+    "clutter",
+    "distort",
+    "load_cifar10",
+    "load_mnist",
+    "random_crop_flip",
+    "tight_boxes",
+    "translate",
+]

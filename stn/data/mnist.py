@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Tuple
 
-import torch
 from torchvision import datasets
 
 from .base import DataMissingError, TensorDataModule, TensorSplit

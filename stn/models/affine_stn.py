@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence
 
 from torch import Tensor, nn
 
 from stn import ops
 
 from .backbones import DigitNet
-from .common import ImageModel, Size2, as_fill, as_size, check_padding_mode, float32
-from .localization import AffineHead, Localizer
+from .common import Fill, Size2, float32
+from .localization import AffineHead, GlimpseModel
 
 __all__ = ["AffineSTN"]
 
-Fill = Union[float, Sequence[float]]
 
 
-class AffineSTN(ImageModel):
+class AffineSTN(GlimpseModel):
     """Spatial transformer network with a 6-parameter affine transform (Jaderberg et al. 2015; the
     PyTorch STN tutorial), sampled with :func:`stn.ops.affine_glimpse`.
 
@@ -60,11 +59,9 @@ class AffineSTN(ImageModel):
         mean: Sequence[float] = (0.0,),
         std: Sequence[float] = (1.0,),
     ):
-        super().__init__(in_channels, num_classes, image_size, mean, std)
-        self.glimpse_size = self.image_size if glimpse_size is None else as_size(glimpse_size, "glimpse_size")
-        self.padding_mode = check_padding_mode(padding_mode)
-        self.fill = as_fill(fill)
-        self.localizer = (localizer or Localizer)(in_channels=in_channels, image_size=self.image_size)
+        super().__init__(
+            localizer, glimpse_size, padding_mode, fill, in_channels, num_classes, image_size, mean, std
+        )
         self.affine_head = (affine_head or AffineHead)(in_features=self.localizer.feature_dim)
         self.classifier = (classifier or DigitNet)(
             in_channels=in_channels, num_classes=num_classes, input_size=self.glimpse_size

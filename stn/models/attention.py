@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence
 
 from torch import Tensor, nn
 
 from stn import ops
 
 from .backbones import DigitNet
-from .common import ImageModel, Size2, as_fill, as_size, check_padding_mode, float32
-from .localization import BoxHead, Localizer
+from .common import Fill, Size2, float32
+from .localization import BoxHead, GlimpseModel
 
 __all__ = ["AttentionModel"]
 
-Fill = Union[float, Sequence[float]]
 
 
-class AttentionModel(ImageModel):
+class AttentionModel(GlimpseModel):
     """Attention-crop classifier: a localizer looks at the whole image and picks one box, the box
     is cut out and resampled to ``glimpse_size`` (:func:`stn.ops.glimpse`), and the classifier
     sees only that glimpse.
@@ -62,12 +61,10 @@ class AttentionModel(ImageModel):
         mean: Sequence[float] = (0.0,),
         std: Sequence[float] = (1.0,),
     ):
-        super().__init__(in_channels, num_classes, image_size, mean, std)
-        self.glimpse_size = self.image_size if glimpse_size is None else as_size(glimpse_size, "glimpse_size")
+        super().__init__(
+            localizer, glimpse_size, padding_mode, fill, in_channels, num_classes, image_size, mean, std
+        )
         self.antialias = bool(antialias)
-        self.padding_mode = check_padding_mode(padding_mode)
-        self.fill = as_fill(fill)
-        self.localizer = (localizer or Localizer)(in_channels=in_channels, image_size=self.image_size)
         self.box_head = (box_head or BoxHead)(
             in_features=self.localizer.feature_dim, image_size=self.image_size, num_boxes=1
         )

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 Size2 = Union[int, Sequence[int]]
+Fill = Union[float, Sequence[float]]  # one value, or one per channel
 
 
 def as_size(value: Size2, name: str) -> Tuple[int, int]:

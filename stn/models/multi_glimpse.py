@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -10,25 +10,15 @@ from torch import Tensor, nn
 from stn import ops
 
 from .backbones import DigitNet
-from .common import (
-    ImageModel,
-    Size2,
-    as_fill,
-    as_floats,
-    as_size,
-    check_padding_mode,
-    check_positive_int,
-    float32,
-)
-from .localization import BoxHead, Localizer
+from .common import Fill, Size2, as_floats, check_positive_int, float32
+from .localization import BoxHead, GlimpseModel
 
 __all__ = ["MultiGlimpseModel"]
 
-Fill = Union[float, Sequence[float]]
 FUSIONS = ("concat", "mean")
 
 
-class MultiGlimpseModel(ImageModel):
+class MultiGlimpseModel(GlimpseModel):
     """G attention crops per image in one pass: the localizer predicts G boxes at once, all
     glimpses are taken in one :func:`stn.ops.glimpse` call with (B, G, 4) boxes, a shared
     classifier trunk turns each into a feature vector, and the G vectors are fused (concatenated,
@@ -99,9 +89,10 @@ class MultiGlimpseModel(ImageModel):
         mean: Sequence[float] = (0.0,),
         std: Sequence[float] = (1.0,),
     ):
-        super().__init__(in_channels, num_classes, image_size, mean, std)
+        super().__init__(
+            localizer, glimpse_size, padding_mode, fill, in_channels, num_classes, image_size, mean, std
+        )
         self.num_glimpses = check_positive_int(num_glimpses, "num_glimpses")
-        self.glimpse_size = self.image_size if glimpse_size is None else as_size(glimpse_size, "glimpse_size")
         scales = as_floats(retina_scales, "retina_scales")
         if not scales or scales[0] != 1 or any(s <= 0 for s in scales) or len(set(scales)) != len(scales):
             raise ValueError(
@@ -113,8 +104,6 @@ class MultiGlimpseModel(ImageModel):
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         self.fusion = str(fusion)
         self.antialias = bool(antialias)
-        self.padding_mode = check_padding_mode(padding_mode)
-        self.fill = as_fill(fill)
         if isinstance(context_dropout, bool) or not 0 <= context_dropout < 1:
             raise ValueError(f"context_dropout must be a probability in [0, 1), got {context_dropout!r}")
         if context_dropout > 0 and len(scales) == 1:
@@ -125,7 +114,6 @@ class MultiGlimpseModel(ImageModel):
         self.context_dropout = float(context_dropout)
 
         g = self.num_glimpses
-        self.localizer = (localizer or Localizer)(in_channels=in_channels, image_size=self.image_size)
         self.box_head = (box_head or BoxHead)(
             in_features=self.localizer.feature_dim, image_size=self.image_size, num_boxes=g
         )
