@@ -97,21 +97,46 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         logger.log_hyperparams(hyperparameters(cfg))
 
     metrics: Dict[str, float] = {}
+    best = None
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics.update(_floats(trainer.callback_metrics))
     if cfg.get("test", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if not cfg.get("train", True):
+        if cfg.get("train", True):
+            best = best_checkpoint(trainer, cfg.get("ckpt_path")) or None
+            if not best:
+                log.warning("No best checkpoint was saved; testing the current weights.")
+        else:
             best = cfg.get("ckpt_path")
-        elif not best:
-            log.warning("No best checkpoint was saved; testing the current weights.")
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+        trainer.test(module, datamodule=datamodule, ckpt_path=best)
         metrics.update(_floats(trainer.callback_metrics))
     metrics["time/wall_s"] = time.time() - start
     sweep.log_hparams_with_metrics(trainer, cfg, metrics)
-    write_metrics(cfg.paths.output_dir, {**metrics, "status": "ok"})
+    write_metrics(cfg.paths.output_dir, {**metrics, "status": "ok", "tested_checkpoint": best})
     return metrics
+
+
+def best_checkpoint(trainer: L.Trainer, resumed_from: Optional[str]) -> str:
+    """The checkpoint with the best monitored score ("" if none was saved).
+
+    A run resumed into a new output folder (every Hydra run has its own) gets from Lightning only
+    the old best's path, not its score, so the first epoch after the resume becomes "best" however
+    it scores. The best of the epochs before the resume, read from the resumed checkpoint, competes
+    here too, when its file still exists.
+    """
+    callback = trainer.checkpoint_callback
+    if callback is None:
+        return ""
+    best, score = callback.best_model_path, callback.best_model_score
+    if resumed_from:
+        state = torch.load(resumed_from, map_location="cpu", weights_only=True).get("callbacks", {})
+        old = state.get(callback.state_key, {})
+        old_path, old_score = old.get("best_model_path"), old.get("best_model_score")
+        if old_path and old_score is not None and Path(old_path).is_file() and (
+            score is None or (old_score > score if callback.mode == "max" else old_score < score)
+        ):
+            best = old_path
+    return best
 
 
 def evaluate(cfg: DictConfig) -> Dict[str, float]:
@@ -133,7 +158,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, float]:
     trainer = build_trainer(cfg)
     trainer.test(module, datamodule=datamodule)
     metrics = _floats(trainer.callback_metrics)
-    write_metrics(cfg.paths.output_dir, {**metrics, "status": "ok"})
+    write_metrics(cfg.paths.output_dir, {**metrics, "status": "ok", "tested_checkpoint": str(path)})
     return metrics
 
 

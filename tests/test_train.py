@@ -71,6 +71,7 @@ def test_train_writes_metrics_json(trained):
     assert saved["status"] == "ok"
     assert saved["val/acc_best"] >= saved["val/acc"] - 1e-6
     assert saved["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert saved["tested_checkpoint"] == str(next((out / "checkpoints").glob("epoch_*.ckpt")))
 
 
 def test_train_checkpoints_best_and_last(trained):
@@ -114,6 +115,32 @@ def test_resume_with_longer_schedule_is_a_clear_error(trained, tmp_path, tiny_mn
         train(cfg)
 
 
+def test_resume_into_a_new_folder_still_tests_the_best_epoch(tmp_path, tiny_mnist_dir):
+    """Lightning keeps only the old best's path, not its score, when a resumed run writes to a new
+    folder; train() still tests the better of the pre-resume best and the new ones."""
+    base = [o for o in FAST if not o.startswith("trainer.max_epochs")]
+    base += [f"paths.data_dir={tiny_mnist_dir}", "module.scheduler=null"]
+    first = tmp_path / "first"
+    train(make_cfg("train", first, base + ["trainer.max_epochs=1", "test=false"]))
+    last = first / "checkpoints" / "last.ckpt"
+    (old_best,) = (first / "checkpoints").glob("epoch_*.ckpt")
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    (key,) = [k for k in state["callbacks"] if k.startswith("ModelCheckpoint")]
+    assert state["callbacks"][key]["best_model_path"] == str(old_best)
+
+    def resume(name: str, old_score: float) -> dict:
+        state["callbacks"][key]["best_model_score"] = torch.tensor(old_score)
+        torch.save(state, last)
+        out = tmp_path / name
+        train(make_cfg("train", out, base + ["trainer.max_epochs=2", f"ckpt_path={last}"]))
+        return json.loads((out / "metrics.json").read_text())
+
+    # val/acc is at most 1: no epoch after the resume beats 2, every one beats -1
+    assert resume("unbeaten", 2.0)["tested_checkpoint"] == str(old_best)
+    assert resume("beaten", -1.0)["tested_checkpoint"] == str(tmp_path / "beaten" / "checkpoints" / "epoch_001.ckpt")
+    assert old_best.is_file()  # nothing in the resumed run's folder is deleted
+
+
 def test_eval_rebuilds_model_from_checkpoint(trained, tmp_path, tiny_mnist_dir):
     out, metrics = trained
     ckpt = next((out / "checkpoints").glob("epoch_*.ckpt"))
@@ -128,6 +155,7 @@ def test_eval_rebuilds_model_from_checkpoint(trained, tmp_path, tiny_mnist_dir):
     assert result["test/acc"] == pytest.approx(metrics["test/acc"])
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["test/acc"] == pytest.approx(result["test/acc"])
+    assert saved["tested_checkpoint"] == str(ckpt)
     tags = events(tmp_path / "eval" / "tensorboard").Tags()
     assert {"test/boxes", "test/glimpses"} <= set(tags["images"])
 
