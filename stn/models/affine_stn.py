@@ -15,7 +15,6 @@ from .localization import AffineHead, GlimpseModel
 __all__ = ["AffineSTN"]
 
 
-
 class AffineSTN(GlimpseModel):
     """Spatial transformer network with a 6-parameter affine transform (Jaderberg et al. 2015; the
     PyTorch STN tutorial), sampled with :func:`stn.ops.affine_glimpse`.

@@ -15,7 +15,6 @@ from .localization import BoxHead, GlimpseModel
 __all__ = ["AttentionModel"]
 
 
-
 class AttentionModel(GlimpseModel):
     """Attention-crop classifier: a localizer looks at the whole image and picks one box, the box
     is cut out and resampled to ``glimpse_size`` (:func:`stn.ops.glimpse`), and the classifier
