@@ -39,8 +39,10 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 import torch.nn.functional as F
-
-from _machine import cpu_model, load_average  # benchmarks/_machine.py: scripts run as `python benchmarks/<name>.py`
+from _machine import (
+    cpu_model,
+    load_average,
+)  # benchmarks/_machine.py: scripts run as `python benchmarks/<name>.py`
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,7 +63,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_epoch(batches: Callable[[], Iterable], consume: Callable, device: torch.device, limit: Optional[int]) -> tuple:
+def time_epoch(
+    batches: Callable[[], Iterable], consume: Callable, device: torch.device, limit: Optional[int]
+) -> tuple:
     """Seconds for one pass over ``batches()`` (first batch excluded as warm-up), and batch count."""
     it = iter(batches())
     consume(next(it))
@@ -100,9 +104,10 @@ class PerSampleCluttered(torch.utils.data.Dataset):
         box = tight_boxes(canvas[None])[0]
         for _ in range(self.pieces):
             s = (i + torch.randint(1, n, (1,), generator=g).item()) % n
-            cx, cy, tx, ty = torch.randint(0, 28 - p + 1, (2,), generator=g).tolist() + torch.randint(
-                0, c - p + 1, (2,), generator=g
-            ).tolist()
+            cx, cy, tx, ty = (
+                torch.randint(0, 28 - p + 1, (2,), generator=g).tolist()
+                + torch.randint(0, c - p + 1, (2,), generator=g).tolist()
+            )
             piece = self.images[s, :, cy : cy + p, cx : cx + p].float() / 255
             canvas[:, ty : ty + p, tx : tx + p] = torch.maximum(canvas[:, ty : ty + p, tx : tx + p], piece)
         return (canvas - self.mean) / self.std, self.labels[i], box
@@ -137,7 +142,12 @@ def default_model(image_size: int, mean, std):
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(overrides=["+model=attention"])
     return instantiate(
-        cfg.model, in_channels=1, num_classes=10, image_size=(image_size, image_size), mean=tuple(mean), std=tuple(std)
+        cfg.model,
+        in_channels=1,
+        num_classes=10,
+        image_size=(image_size, image_size),
+        mean=tuple(mean),
+        std=tuple(std),
     ), "configs/model/attention.yaml (stn.models.AttentionModel)"
 
 
@@ -168,10 +178,19 @@ def step_time(model, image_size: int, device: torch.device, steps: int) -> float
 def main(argv: Optional[List[str]] = None) -> None:
     default_data = os.environ.get("STN_DATA_DIR") or str((ROOT / ".." / "shared" / "data").resolve())
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=default_data, help="folder with MNIST/raw (default $STN_DATA_DIR or ../shared/data)")
+    ap.add_argument(
+        "--data-dir",
+        default=default_data,
+        help="folder with MNIST/raw (default $STN_DATA_DIR or ../shared/data)",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--workers", type=int, nargs="+", default=None,
-                    help="DataLoader num_workers settings to time (default: 0 and the number of CPUs)")  # fmt: skip
+    ap.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="DataLoader num_workers settings to time (default: 0 and the number of CPUs)",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="runs per row of ours (median)")
     ap.add_argument("--repeats-slow", type=int, default=1, help="runs per DataLoader row")
     ap.add_argument("--steps", type=int, default=20, help="training steps timed (median)")
@@ -207,10 +226,18 @@ def main(argv: Optional[List[str]] = None) -> None:
     setup_clutter = time.perf_counter() - t
     others = {
         "translated 60x60": TranslatedMNISTDataModule(args.data_dir, download=False, device=dev),
-        "distorted r 28x28": DistortedMNISTDataModule(args.data_dir, distortion="r", download=False, device=dev),
-        "distorted rts 42x42": DistortedMNISTDataModule(args.data_dir, distortion="rts", download=False, device=dev),
-        "distorted p 28x28": DistortedMNISTDataModule(args.data_dir, distortion="p", download=False, device=dev),
-        "distorted e 28x28": DistortedMNISTDataModule(args.data_dir, distortion="e", download=False, device=dev),
+        "distorted r 28x28": DistortedMNISTDataModule(
+            args.data_dir, distortion="r", download=False, device=dev
+        ),
+        "distorted rts 42x42": DistortedMNISTDataModule(
+            args.data_dir, distortion="rts", download=False, device=dev
+        ),
+        "distorted p 28x28": DistortedMNISTDataModule(
+            args.data_dir, distortion="p", download=False, device=dev
+        ),
+        "distorted e 28x28": DistortedMNISTDataModule(
+            args.data_dir, distortion="e", download=False, device=dev
+        ),
     }
     for dm in others.values():
         dm.setup()
@@ -222,18 +249,20 @@ def main(argv: Optional[List[str]] = None) -> None:
     per_sample = PerSampleCluttered(train_split.images, train_split.labels)
 
     rows: Dict[str, Callable[[], tuple]] = {
-        "MNIST 28x28 | ours (TensorLoader)": lambda: time_epoch(mnist.train_dataloader, normalize, device, limit),
+        "MNIST 28x28 | ours (TensorLoader)": lambda: time_epoch(
+            mnist.train_dataloader, normalize, device, limit
+        ),
     }
     for w in workers:
-        rows[f"MNIST 28x28 | torchvision MNIST + DataLoader, {w} workers"] = (
-            lambda w=w: time_epoch(lambda: loader(tv_mnist, w), to_device, device, limit)
+        rows[f"MNIST 28x28 | torchvision MNIST + DataLoader, {w} workers"] = lambda w=w: time_epoch(
+            lambda: loader(tv_mnist, w), to_device, device, limit
         )
     rows["cluttered 60x60, 4x 8x8 | ours (fresh canvases per batch)"] = lambda: time_epoch(
         cluttered.train_dataloader, normalize, device, limit
     )
     for w in workers:
-        rows[f"cluttered 60x60, 4x 8x8 | per-sample Dataset + DataLoader, {w} workers"] = (
-            lambda w=w: time_epoch(lambda: loader(per_sample, w), to_device, device, limit)
+        rows[f"cluttered 60x60, 4x 8x8 | per-sample Dataset + DataLoader, {w} workers"] = lambda w=w: (
+            time_epoch(lambda: loader(per_sample, w), to_device, device, limit)
         )
     for name, dm in others.items():
         rows[f"{name} | ours (fresh canvases per batch)"] = lambda dm=dm: time_epoch(
@@ -253,8 +282,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     epoch = {k: statistics.median(v) for k, v in results.items()}
 
     # one model per image size, with the normalization its data would give it
-    sizes = {28: (MNIST_MEAN, MNIST_STD), 42: (others["distorted rts 42x42"].mean, others["distorted rts 42x42"].std),
-             60: (cluttered.mean, cluttered.std)}  # fmt: skip
+    sizes = {
+        28: (MNIST_MEAN, MNIST_STD),
+        42: (others["distorted rts 42x42"].mean, others["distorted rts 42x42"].std),
+        60: (cluttered.mean, cluttered.std),
+    }
     steps: Dict[int, float] = {}
     model_name = ""
     for size, (m, s_) in sizes.items():
@@ -269,7 +301,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         f"Machine: {cpu_model()}, {cpus} CPUs available, torch {torch.__version__} "
         f"({torch.get_num_threads()} intra-op threads), device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-        + f", load average (1/5/15 min) {load_average()} at the end of the run (other processes on the machine).",
+        + f", load average (1/5/15 min) {load_average()} at the end of the run"
+        + " (other processes on the machine).",
         "",
         "| data | pipeline | epoch (s) | per batch (ms) | speed-up vs best DataLoader row |",
         "|---|---|---:|---:|---:|",
@@ -277,7 +310,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     for k, sec in epoch.items():
         data, pipe = k.split(" | ")
         ms = sec / batches[k] * 1000
-        base = best("MNIST") if data.startswith("MNIST") else best("cluttered") if data.startswith("cluttered") else None
+        base = (
+            best("MNIST")
+            if data.startswith("MNIST")
+            else best("cluttered")
+            if data.startswith("cluttered")
+            else None
+        )
         ratio = "" if base is None or "DataLoader" in k else f"{base / sec:.0f}x"
         lines.append(f"| {data} | {pipe} | {sec:.2f} | {ms:.2f} | {ratio} |")
     n_batches = 55000 // BATCH
@@ -298,7 +337,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         size = 28 if "28x28" in data else 42 if "42x42" in data else 60
         per_batch = sec / batches[k]
         lines.append(
-            f"| {data} | {size}x{size} | {steps[size] * 1000:.1f} | {per_batch * 1000:.2f} | {per_batch / steps[size]:.1%} |"
+            f"| {data} | {size}x{size} | {steps[size] * 1000:.1f} | {per_batch * 1000:.2f}"
+            f" | {per_batch / steps[size]:.1%} |"
         )
     lines += [
         "",

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from _machine import cpu_model, load_average  # benchmarks/_machine.py: scripts run as `python benchmarks/<name>.py`
+from _machine import (
+    cpu_model,
+    load_average,
+)  # benchmarks/_machine.py: scripts run as `python benchmarks/<name>.py`
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -115,7 +117,9 @@ def measure(shape, antialias, device, repeats):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", action="append", help="cpu, cuda (repeatable); default cpu and cuda if present")
+    parser.add_argument(
+        "--device", action="append", help="cpu, cuda (repeatable); default cpu and cuda if present"
+    )
     parser.add_argument("--repeats", type=int, default=30, help="timed repeats per cell (default 30)")
     parser.add_argument("--quick", action="store_true", help="3 repeats and smaller batches: a smoke run")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -149,7 +153,10 @@ def main(argv=None) -> None:
             print(f"CUDA device: {torch.cuda.get_device_name(device)}")
         clock = "CPU time of the thread" if CLOCK is time.thread_time else "wall clock"
         print(f"\n### device: {dev}, float32, median of {repeats} interleaved repeats, {clock}\n")
-        print("| B | C | image | glimpse | antialias | pass | affine_grid+grid_sample (ms) | glimpse (ms) | ratio |")
+        print(
+            "| B | C | image | glimpse | antialias | pass"
+            " | affine_grid+grid_sample (ms) | glimpse (ms) | ratio |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for shape in shapes:
             for antialias in (False, True):

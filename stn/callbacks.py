@@ -48,8 +48,15 @@ def draw_boxes(images: Tensor, pred: Optional[Tensor], true: Optional[Tensor], s
         if boxes:
             b = (torch.cat(boxes).float().cpu() * scale).round()
             # draw_bounding_boxes wants x2 >= x1 and boxes inside the picture.
-            b = torch.stack([torch.minimum(b[:, 0], b[:, 2]), torch.minimum(b[:, 1], b[:, 3]),
-                             torch.maximum(b[:, 0], b[:, 2]), torch.maximum(b[:, 1], b[:, 3])], 1)
+            b = torch.stack(
+                [
+                    torch.minimum(b[:, 0], b[:, 2]),
+                    torch.minimum(b[:, 1], b[:, 3]),
+                    torch.maximum(b[:, 0], b[:, 2]),
+                    torch.maximum(b[:, 1], b[:, 3]),
+                ],
+                1,
+            )
             b[:, 0::2] = b[:, 0::2].clamp(0, img.shape[-1] - 1)
             b[:, 1::2] = b[:, 1::2].clamp(0, img.shape[-2] - 1)
             img = draw_bounding_boxes(img, b, colors=colors, width=max(1, scale // 2))
@@ -79,7 +86,8 @@ class GlimpseImages(L.Callback):
     def __init__(self, num_images: int = 16, every_n_epochs: int = 1, scale: int = 4, nrow: int = 8) -> None:
         if num_images <= 0 or every_n_epochs <= 0 or scale <= 0:
             raise ValueError(
-                f"num_images, every_n_epochs and scale must be positive, got {num_images}, {every_n_epochs}, {scale}"
+                "num_images, every_n_epochs and scale must be positive, "
+                f"got {num_images}, {every_n_epochs}, {scale}"
             )
         self.num_images, self.every_n_epochs, self.scale, self.nrow = num_images, every_n_epochs, scale, nrow
         self._fixed: Dict[str, Dict[str, Tensor]] = {}
@@ -99,7 +107,9 @@ class GlimpseImages(L.Callback):
             size = batch["image"].shape[-2:]
             self._boxes.append(_box_stats(outputs["boxes"].reshape(-1, 4), size).cpu())
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         self._on_batch_end(trainer, outputs, batch, batch_idx, "val")
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:

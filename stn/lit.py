@@ -18,8 +18,13 @@ from torchvision.ops import box_area
 from stn.metrics import BoxIoU
 
 
-def one_cycle(optimizer: Optimizer, total_steps: int, pct_start: float = 0.25, div_factor: float = 25.0,
-              final_div_factor: float = 1e3) -> OneCycleLR:
+def one_cycle(
+    optimizer: Optimizer,
+    total_steps: int,
+    pct_start: float = 0.25,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e3,
+) -> OneCycleLR:
     """OneCycleLR that peaks at each parameter group's own LR (so LR multipliers survive)."""
     return OneCycleLR(
         optimizer,
@@ -86,7 +91,9 @@ class GlimpseClassifier(L.LightningModule):
         if box_area_weight < 0:
             raise ValueError(f"box_area_weight must be >= 0, got {box_area_weight}")
         if not 0 <= box_area_warmup <= 1:
-            raise ValueError(f"box_area_warmup must be a fraction of training in [0, 1], got {box_area_warmup}")
+            raise ValueError(
+                f"box_area_warmup must be a fraction of training in [0, 1], got {box_area_warmup}"
+            )
         if loc_freeze_epochs < 0:
             raise ValueError(f"loc_freeze_epochs must be >= 0, got {loc_freeze_epochs}")
         # Factories stay out of the checkpoint, so checkpoints load with torch.load(weights_only=True);
@@ -219,7 +226,9 @@ class GlimpseClassifier(L.LightningModule):
         rest = [p for p in self.model.parameters() if id(p) not in loc_ids]
         optimizer = self.optimizer_factory(params=[{"params": rest}])
         if loc:
-            optimizer.add_param_group({"params": loc, "lr": optimizer.defaults["lr"] * self.hparams.loc_lr_mult})
+            optimizer.add_param_group(
+                {"params": loc, "lr": optimizer.defaults["lr"] * self.hparams.loc_lr_mult}
+            )
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         kwargs = {}

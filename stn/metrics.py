@@ -50,7 +50,9 @@ def paired_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
     union = area_a + area_b - inter
-    return torch.where(union > 0, inter / union.where(union > 0, torch.ones_like(union)), torch.zeros_like(union))
+    return torch.where(
+        union > 0, inter / union.where(union > 0, torch.ones_like(union)), torch.zeros_like(union)
+    )
 
 
 class BoxIoU(Metric):

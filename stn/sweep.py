@@ -42,8 +42,17 @@ log = logging.getLogger(__name__)
 
 # Metric columns, in this order, then any others alphabetically (summary.csv has them all).
 METRIC_ORDER = (
-    "val/acc_best", "val/acc", "test/acc", "val/iou", "val/iou50", "test/iou", "test/iou50",
-    "val/loss", "test/loss", "train/loss", "train/acc",
+    "val/acc_best",
+    "val/acc",
+    "test/acc",
+    "val/iou",
+    "val/iou50",
+    "test/iou",
+    "test/iou50",
+    "val/loss",
+    "test/loss",
+    "train/loss",
+    "train/acc",
 )
 # Metrics shown in summary.md (the optimized metric comes first in any case).
 MD_METRICS = ("val/acc_best", "val/acc", "test/acc", "val/iou50", "test/iou50")
@@ -210,7 +219,8 @@ def job_dirs(sweep_dir: Path) -> List[Path]:
     if not sweep_dir.is_dir():
         return []
     found = [
-        p for p in sweep_dir.iterdir()
+        p
+        for p in sweep_dir.iterdir()
         if p.is_dir() and ((p / ".hydra" / "overrides.yaml").is_file() or (p / "metrics.json").is_file())
     ]
     return sorted(found, key=_job_sort_key)
@@ -244,7 +254,9 @@ def read_job(path: Path) -> Dict[str, Any]:
         return row
     row["status"] = str(saved.pop("status", "ok"))
     row["error"] = str(saved.pop("error", "") or "")
-    row["metrics"] = {k: (float(v) if _finite(v) else None) for k, v in saved.items() if v is None or _finite(v)}
+    row["metrics"] = {
+        k: (float(v) if _finite(v) else None) for k, v in saved.items() if v is None or _finite(v)
+    }
     return row
 
 
@@ -277,8 +289,12 @@ def sort_rows(rows: Sequence[Dict[str, Any]], metric: Optional[str], direction: 
     def key(row: Mapping[str, Any]):
         value = row.get("metrics", {}).get(metric) if metric else None
         has = row.get("status") == "ok" and _finite(value)
-        return (STATUS_ORDER.get(row.get("status"), 3), 0 if has else 1, sign * value if has else 0.0,
-                _job_sort_key(Path(row["job"])))
+        return (
+            STATUS_ORDER.get(row.get("status"), 3),
+            0 if has else 1,
+            sign * value if has else 0.0,
+            _job_sort_key(Path(row["job"])),
+        )
 
     return sorted(rows, key=key)
 
@@ -318,8 +334,17 @@ def group_by_seed(
     for row in rows:
         overrides = row.get("overrides", {})
         key = tuple((k, v) for k, v in overrides.items() if k not in seed_keys)
-        group = groups.setdefault(key, {"overrides": dict(key), "jobs": [], "seeds": [], "n": 0, "n_failed": 0,
-                                        "_values": {m: [] for m in metrics}})
+        group = groups.setdefault(
+            key,
+            {
+                "overrides": dict(key),
+                "jobs": [],
+                "seeds": [],
+                "n": 0,
+                "n_failed": 0,
+                "_values": {m: [] for m in metrics},
+            },
+        )
         group["jobs"].append(row.get("job"))
         seed = next((overrides[k] for k in seed_keys if k in overrides), None)
         if seed is not None:
@@ -352,7 +377,8 @@ def has_seed_repeats(rows: Sequence[Mapping[str, Any]], seed_keys: Sequence[str]
     """True when some jobs differ only by their seed override."""
     seen = Counter(
         tuple((k, v) for k, v in r.get("overrides", {}).items() if k not in seed_keys)
-        for r in rows if any(k in r.get("overrides", {}) for k in seed_keys)
+        for r in rows
+        if any(k in r.get("overrides", {}) for k in seed_keys)
     )
     return any(n > 1 for n in seen.values())
 
@@ -395,7 +421,10 @@ def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> List[str]
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename: parallel jobs refreshing the summary never leave half a file."""
+    """Write via a temporary file and a rename.
+
+    Parallel jobs refreshing the summary never leave half a file.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -427,8 +456,16 @@ def summarize(sweep_dir: Path) -> Dict[str, Any]:
             return (0, sign * mean) if mean is not None else (1, 0.0)
 
         groups = sorted(groups, key=gkey)
-    return {"sweep_dir": sweep_dir, "rows": rows, "metric": metric, "direction": direction,
-            "metrics": metrics, "override_keys": keys, "common": common, "groups": groups}
+    return {
+        "sweep_dir": sweep_dir,
+        "rows": rows,
+        "metric": metric,
+        "direction": direction,
+        "metrics": metrics,
+        "override_keys": keys,
+        "common": common,
+        "groups": groups,
+    }
 
 
 def render_markdown(s: Mapping[str, Any]) -> str:
@@ -438,39 +475,64 @@ def render_markdown(s: Mapping[str, Any]) -> str:
     shown = [m for m in dict.fromkeys([metric, *MD_METRICS]) if m and m in metrics]
     lines = [f"# Sweep summary: {Path(s['sweep_dir']).name}", ""]
     state = ", ".join(f"{counts[k]} {k}" for k in ("ok", "failed", "incomplete") if counts.get(k))
-    order = f"Sorted by `{metric}` ({s['direction']}), failed jobs last." if metric else "No metric to sort by."
+    order = (
+        f"Sorted by `{metric}` ({s['direction']}), failed jobs last." if metric else "No metric to sort by."
+    )
     lines.append(f"{len(rows)} jobs ({state or 'none'}). {order}")
     if s["common"]:
         lines += ["", "Same in every job: " + ", ".join(f"`{k}={v}`" for k, v in s["common"].items())]
     best = _load_yaml(Path(s["sweep_dir"]) / "optimization_results.yaml")
     if isinstance(best, dict) and "best_value" in best:
-        lines += ["", f"Optuna best value {best['best_value']}, params: "
-                  + ", ".join(f"`{k}={v}`" for k, v in (best.get("best_params") or {}).items())]
+        lines += [
+            "",
+            f"Optuna best value {best['best_value']}, params: "
+            + ", ".join(f"`{k}={v}`" for k, v in (best.get("best_params") or {}).items()),
+        ]
     lines.append("")
     header = ["#", "job", "status", *varying, *shown, "wall s", "error"]
     body = []
     for i, r in enumerate(rows, 1):
-        body.append([str(i), r["job"], r["status"], *[_md_value(r["overrides"].get(k, "")) for k in varying],
-                     *[_md_number(r["metrics"].get(m)) for m in shown],
-                     _md_number(r["metrics"].get(WALL), WALL), r["error"]])
+        body.append(
+            [
+                str(i),
+                r["job"],
+                r["status"],
+                *[_md_value(r["overrides"].get(k, "")) for k in varying],
+                *[_md_number(r["metrics"].get(m)) for m in shown],
+                _md_number(r["metrics"].get(WALL), WALL),
+                r["error"],
+            ]
+        )
     lines += _md_table(header, body)
     if s["groups"]:
         gvarying = [k for k in varying if k not in SEED_KEYS]
         gshown = shown[:3]
-        lines += ["", "## Across seeds", "",
-                  "Jobs that differ only by `seed`: mean ± std (sample std, n - 1), median and n over the "
-                  "ok jobs, best mean first.", ""]
+        lines += [
+            "",
+            "## Across seeds",
+            "",
+            "Jobs that differ only by `seed`: mean ± std (sample std, n - 1), median and n over the "
+            "ok jobs, best mean first.",
+            "",
+        ]
         header = [*gvarying, "n ok", "failed", "seeds"]
         for m in gshown:
             header += [f"{m} mean ± std", f"{m} median"]
         body = []
         for g in s["groups"]:
-            cells = [*[_md_value(g["overrides"].get(k, "")) for k in gvarying], str(g["n"]), str(g["n_failed"]),
-                     " ".join(g["seeds"])]
+            cells = [
+                *[_md_value(g["overrides"].get(k, "")) for k in gvarying],
+                str(g["n"]),
+                str(g["n_failed"]),
+                " ".join(g["seeds"]),
+            ]
             for m in gshown:
                 st = g["stats"][m]
                 mean = _md_number(st["mean"])
-                cells += [mean if st["std"] is None else f"{mean} ± {_md_number(st['std'])}", _md_number(st["median"])]
+                cells += [
+                    mean if st["std"] is None else f"{mean} ± {_md_number(st['std'])}",
+                    _md_number(st["median"]),
+                ]
             body.append(cells)
         lines += _md_table(header, body)
     return "\n".join(lines) + "\n"
@@ -487,8 +549,17 @@ def write_summary(sweep_dir: Path, quiet: bool = False) -> Dict[str, Path]:
         return {}
     keys, metrics = s["override_keys"], s["metrics"]
     header = ["rank", "job", "status", *keys, *metrics, "error"]
-    body = [[i, r["job"], r["status"], *[r["overrides"].get(k) for k in keys],
-             *[r["metrics"].get(m) for m in metrics], r["error"]] for i, r in enumerate(s["rows"], 1)]
+    body = [
+        [
+            i,
+            r["job"],
+            r["status"],
+            *[r["overrides"].get(k) for k in keys],
+            *[r["metrics"].get(m) for m in metrics],
+            r["error"],
+        ]
+        for i, r in enumerate(s["rows"], 1)
+    ]
     paths = {"csv": sweep_dir / "summary.csv", "md": sweep_dir / "summary.md"}
     _atomic_write(paths["csv"], _csv_text(header, body))
     _atomic_write(paths["md"], render_markdown(s))
@@ -500,8 +571,13 @@ def write_summary(sweep_dir: Path, quiet: bool = False) -> Dict[str, Path]:
             header += [f"{m}/mean", f"{m}/std", f"{m}/median", f"{m}/n"]
         body = []
         for g in s["groups"]:
-            cells = [*[g["overrides"].get(k) for k in gkeys], g["n"], g["n_failed"], " ".join(g["seeds"]),
-                     " ".join(str(j) for j in g["jobs"])]
+            cells = [
+                *[g["overrides"].get(k) for k in gkeys],
+                g["n"],
+                g["n_failed"],
+                " ".join(g["seeds"]),
+                " ".join(str(j) for j in g["jobs"]),
+            ]
             for m in metrics:
                 st = g["stats"][m]
                 cells += [st["mean"], st["std"], st["median"], st["n"]]
@@ -554,15 +630,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m stn.sweep",
         description="Write summary.csv and summary.md (and summary_grouped.csv for seed repeats) in "
-                    "sweep folders (logs/<task>/multiruns/<time>/) and print the markdown.",
+        "sweep folders (logs/<task>/multiruns/<time>/) and print the markdown.",
     )
-    parser.add_argument("sweep_dirs", nargs="+", type=Path, help="sweep folder(s) holding job folders 0/, 1/, ...")
+    parser.add_argument(
+        "sweep_dirs", nargs="+", type=Path, help="sweep folder(s) holding job folders 0/, 1/, ..."
+    )
     args = parser.parse_args(argv)
     status = 0
     for folder in args.sweep_dirs:
         paths = write_summary(folder, quiet=True)
         if not paths:
-            print(f"{folder}: no job folders (subfolders with .hydra/overrides.yaml or metrics.json)", file=sys.stderr)
+            print(
+                f"{folder}: no job folders (subfolders with .hydra/overrides.yaml or metrics.json)",
+                file=sys.stderr,
+            )
             status = 2
             continue
         print(paths["md"].read_text())

@@ -82,7 +82,9 @@ def hyperparameters(cfg: DictConfig) -> Dict[str, Any]:
                 if isinstance(v, dict):
                     stack.append((f"{prefix}/{k}", v))
                 else:
-                    flat[f"{prefix}/{k}"] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+                    flat[f"{prefix}/{k}"] = (
+                        v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+                    )
     return flat
 
 
@@ -132,8 +134,11 @@ def best_checkpoint(trainer: L.Trainer, resumed_from: Optional[str]) -> str:
         state = torch.load(resumed_from, map_location="cpu", weights_only=True).get("callbacks", {})
         old = state.get(callback.state_key, {})
         old_path, old_score = old.get("best_model_path"), old.get("best_model_score")
-        if old_path and old_score is not None and Path(old_path).is_file() and (
-            score is None or (old_score > score if callback.mode == "max" else old_score < score)
+        if (
+            old_path
+            and old_score is not None
+            and Path(old_path).is_file()
+            and (score is None or (old_score > score if callback.mode == "max" else old_score < score))
         ):
             best = old_path
     return best

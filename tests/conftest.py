@@ -166,7 +166,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # torchvision 0.29 deprecates its image codecs (for TorchCodec); stn falls back to PIL when they
     # go. pytest shows DeprecationWarnings per call, which here would be one per decoded file.
     config.addinivalue_line(
-        "filterwarnings", "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning"
+        "filterwarnings",
+        "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning",
     )
 
 

@@ -6,7 +6,6 @@ from torchvision.ops import box_iou
 
 from stn.metrics import BoxIoU, paired_box_iou
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 

@@ -55,7 +55,9 @@ def test_notebooks_are_committed_without_outputs():
     for path in sorted(NOTEBOOKS.glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
-        dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+        dirty = [
+            i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)
+        ]
         assert not dirty, f"{path.name}: clear the outputs of cells {dirty} before committing"
 
 
@@ -83,7 +85,9 @@ def test_differentiable_cropping_notebook(kernel_env):
     assert "RuntimeError: one of the variables needed for gradient computation has been modified" in text
     assert "glimpse(paste(img, p, b), b) == p for an integer box of the patch's size: True" in text
     errors = re.findall(r"antialias=False ([0-9.]+), antialias=True ([0-9.]+)", text)
-    assert errors and float(errors[0][1]) < float(errors[0][0]) / 10, errors  # anti-aliasing removes the moire
+    assert errors and float(errors[0][1]) < float(errors[0][0]) / 10, (
+        errors
+    )  # anti-aliasing removes the moire
     assert count_images(nb) >= 7
 
 

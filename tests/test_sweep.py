@@ -57,8 +57,14 @@ needs_optuna = pytest.mark.skipif(not HAS_OPTUNA, reason='needs the sweep extra:
 
 def run_train(args: list[str], cwd: Path, data_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "STN_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def the_sweep(log_dir: Path) -> Path:
@@ -75,18 +81,31 @@ def read_csv(path: Path) -> list[dict]:
 # -- seed groups -----------------------------------------------------------------------------------
 def test_group_by_seed_mean_std_median():
     def row(job, lr, seed, acc, status="ok"):
-        return {"job": job, "status": status, "overrides": {"module.optimizer.lr": lr, "seed": seed},
-                "metrics": {"val/acc": acc} if acc is not None else {}}
+        return {
+            "job": job,
+            "status": status,
+            "overrides": {"module.optimizer.lr": lr, "seed": seed},
+            "metrics": {"val/acc": acc} if acc is not None else {},
+        }
 
     rows = [
-        row("0", "0.1", "1", 0.5), row("1", "0.1", "2", 0.75), row("2", "0.1", "3", 1.0), row("3", "0.1", "4", 0.25),
-        row("4", "1", "1", 0.5), row("5", "1", "2", None, status="failed"),
+        row("0", "0.1", "1", 0.5),
+        row("1", "0.1", "2", 0.75),
+        row("2", "0.1", "3", 1.0),
+        row("3", "0.1", "4", 0.25),
+        row("4", "1", "1", 0.5),
+        row("5", "1", "2", None, status="failed"),
     ]
     assert sweep.has_seed_repeats(rows)
     groups = sweep.group_by_seed(rows, ["val/acc"])
     assert [g["overrides"] for g in groups] == [{"module.optimizer.lr": "0.1"}, {"module.optimizer.lr": "1"}]
     a, b = groups
-    assert (a["n"], a["n_failed"], a["seeds"], a["jobs"]) == (4, 0, ["1", "2", "3", "4"], ["0", "1", "2", "3"])
+    assert (a["n"], a["n_failed"], a["seeds"], a["jobs"]) == (
+        4,
+        0,
+        ["1", "2", "3", "4"],
+        ["0", "1", "2", "3"],
+    )
     st = a["stats"]["val/acc"]
     assert st["mean"] == 0.625
     assert st["median"] == 0.625  # mean of the middle two, 0.5 and 0.75
@@ -101,16 +120,26 @@ def test_group_by_seed_mean_std_median():
 
 
 # -- summaries of hand-written sweep folders -------------------------------------------------------
-def write_job(sweep_dir: Path, num: int, overrides: list[str], metrics: dict | None,
-              optimized_metric: str = "val/acc_best", direction: str | None = None) -> Path:
+def write_job(
+    sweep_dir: Path,
+    num: int,
+    overrides: list[str],
+    metrics: dict | None,
+    optimized_metric: str = "val/acc_best",
+    direction: str | None = None,
+) -> Path:
     job = sweep_dir / str(num)
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": 1, "optimized_metric": optimized_metric}))
+    (job / ".hydra" / "config.yaml").write_text(
+        yaml.safe_dump({"seed": 1, "optimized_metric": optimized_metric})
+    )
     sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}
     if direction:
-        sweeper = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
-                   "direction": direction}
+        sweeper = {
+            "_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+            "direction": direction,
+        }
     (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": sweeper}}))
     if metrics is not None:
         (job / "metrics.json").write_text(json.dumps(metrics))
@@ -123,12 +152,24 @@ def test_summary_sorts_best_first_failed_last_and_groups_seeds(tmp_path):
     num = 0
     for lr in (0.1, 1.0):
         for seed in (1, 2):
-            write_job(s, num, [f"module.optimizer.lr={lr}", f"seed={seed}", "trainer.max_epochs=1"],
-                      {"status": "ok", "val/acc_best": acc[lr, seed], "test/acc": acc[lr, seed] - 0.05,
-                       "time/wall_s": 10.0 + num})
+            write_job(
+                s,
+                num,
+                [f"module.optimizer.lr={lr}", f"seed={seed}", "trainer.max_epochs=1"],
+                {
+                    "status": "ok",
+                    "val/acc_best": acc[lr, seed],
+                    "test/acc": acc[lr, seed] - 0.05,
+                    "time/wall_s": 10.0 + num,
+                },
+            )
             num += 1
-    write_job(s, 4, ["module.optimizer.lr=10.0", "seed=1", "trainer.max_epochs=1"],
-              {"status": "failed", "error": "NonFiniteLossError: loss | became NaN", "time/wall_s": 1.5})
+    write_job(
+        s,
+        4,
+        ["module.optimizer.lr=10.0", "seed=1", "trainer.max_epochs=1"],
+        {"status": "failed", "error": "NonFiniteLossError: loss | became NaN", "time/wall_s": 1.5},
+    )
     write_job(s, 5, ["module.optimizer.lr=10.0", "seed=2", "trainer.max_epochs=1"], None)  # killed
     (s / "10").mkdir()  # not a job folder
     (s / "multirun.yaml").write_text("{}\n")
@@ -191,8 +232,9 @@ def test_cli_writes_and_prints_the_summary(tmp_path):
     s = tmp_path / "sweep"
     write_job(s, 0, ["model=cnn"], {"status": "ok", "val/acc_best": 0.5})
     write_job(s, 1, ["model=attention"], {"status": "ok", "val/acc_best": 0.7})
-    res = subprocess.run([sys.executable, "-m", "stn.sweep", str(s)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "stn.sweep", str(s)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     assert "| 1 | 1 | ok | attention | 0.7000 |" in res.stdout
     assert (s / "summary.csv").is_file() and (s / "summary.md").is_file()
@@ -258,8 +300,10 @@ def test_run_task_raises_outside_a_multirun(tmp_path):
 def test_in_multirun_reads_the_hydra_mode():
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfgs = {mode: compose("train", overrides=[f"hydra.mode={mode}"], return_hydra_config=True)
-                for mode in ("RUN", "MULTIRUN")}
+        cfgs = {
+            mode: compose("train", overrides=[f"hydra.mode={mode}"], return_hydra_config=True)
+            for mode in ("RUN", "MULTIRUN")
+        }
     try:
         HydraConfig.instance().set_config(cfgs["MULTIRUN"])
         assert sweep.in_multirun()
@@ -273,7 +317,9 @@ def test_in_multirun_reads_the_hydra_mode():
 
 
 @needs_optuna
-@pytest.mark.filterwarnings("ignore:The ``declarative_base():DeprecationWarning")  # optuna 2.10 on SQLAlchemy 2
+@pytest.mark.filterwarnings(
+    "ignore:The ``declarative_base():DeprecationWarning"
+)  # optuna 2.10 on SQLAlchemy 2
 def test_optuna_search_space_from_the_config():
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
     from optuna.distributions import CategoricalDistribution, LogUniformDistribution, UniformDistribution
@@ -282,7 +328,9 @@ def test_optuna_search_space_from_the_config():
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
         cfg = compose("train", overrides=["hparams_search=attention_optuna"], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
-    assert sweeper.storage is None and sweeper.direction == "maximize" and cfg.optimized_metric == "val/acc_best"
+    assert (
+        sweeper.storage is None and sweeper.direction == "maximize" and cfg.optimized_metric == "val/acc_best"
+    )
     assert str(cfg.hydra.mode) in ("MULTIRUN", "RunMode.MULTIRUN")
     space, fixed = create_params_from_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
     assert fixed == {}
@@ -294,14 +342,17 @@ def test_optuna_search_space_from_the_config():
 
 # -- real sweeps -----------------------------------------------------------------------------------
 def hparams_of(tensorboard_dir: Path):
-    """(session start hparams as python values, session end status, scalars {tag: last value}) from event files."""
+    """From event files: (session start hparams as python values, session end status,
+    scalars {tag: last value})."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     acc = EventAccumulator(str(tensorboard_dir), size_guidance={"scalars": 0})
     acc.Reload()
     content = acc.PluginTagToContent("hparams")
-    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]
+    ).session_start_info
     end = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_end_info"]).session_end_info
     params = {}
     for k, v in start.hparams.items():
@@ -314,9 +365,19 @@ def hparams_of(tensorboard_dir: Path):
 @pytest.mark.slow
 def test_grid_sweep_goes_on_after_failed_jobs_and_writes_the_summary(tmp_path, tiny_mnist_dir):
     """2x2 grid, the lr=1e30 jobs diverge: exit 0, both recorded as failed, both others ok and summarized."""
-    res = run_train(["-m", "model=attention,cnn", "module.optimizer.lr=1e-3,1e30", "module.scheduler=null",
-                     "module.nonfinite_check_every=1", *TINY, f"paths.log_dir={tmp_path}/logs"],
-                    tmp_path, tiny_mnist_dir)
+    res = run_train(
+        [
+            "-m",
+            "model=attention,cnn",
+            "module.optimizer.lr=1e-3,1e30",
+            "module.scheduler=null",
+            "module.nonfinite_check_every=1",
+            *TINY,
+            f"paths.log_dir={tmp_path}/logs",
+        ],
+        tmp_path,
+        tiny_mnist_dir,
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     s = the_sweep(tmp_path / "logs")
     jobs = {p.name: p for p in s.iterdir() if p.is_dir()}
@@ -325,8 +386,14 @@ def test_grid_sweep_goes_on_after_failed_jobs_and_writes_the_summary(tmp_path, t
     rows = read_csv(s / "summary.csv")
     assert len(rows) == 4
     assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed"]
-    assert {(r["model"], r["module.optimizer.lr"]) for r in rows[:2]} == {("attention", "0.001"), ("cnn", "0.001")}
-    assert {(r["model"], r["module.optimizer.lr"]) for r in rows[2:]} == {("attention", "1e+30"), ("cnn", "1e+30")}
+    assert {(r["model"], r["module.optimizer.lr"]) for r in rows[:2]} == {
+        ("attention", "0.001"),
+        ("cnn", "0.001"),
+    }
+    assert {(r["model"], r["module.optimizer.lr"]) for r in rows[2:]} == {
+        ("attention", "1e+30"),
+        ("cnn", "1e+30"),
+    }
     best = [float(r["val/acc_best"]) for r in rows[:2]]
     assert best == sorted(best, reverse=True)
     for r in rows[:2]:
@@ -367,9 +434,21 @@ def test_optuna_search_goes_on_after_a_failed_trial(tmp_path, tiny_mnist_dir):
     """3 trials of attention_optuna; lr is a choice of 1e-3 and 1e30 here, and with sampler seed 3
     optuna 2.10 draws 1e30, 1e-3, 1e-3: the first trial diverges, is recorded as failed, the study
     goes on and its best value is the best of the other two."""
-    res = run_train(["hparams_search=attention_optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=3",
-                     "module.optimizer.lr=choice(1e-3,1e30)", "module.scheduler=null", "module.nonfinite_check_every=1",
-                     *TINY, "logger=csv", f"paths.log_dir={tmp_path}/logs"], tmp_path, tiny_mnist_dir)
+    res = run_train(
+        [
+            "hparams_search=attention_optuna",
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.sampler.seed=3",
+            "module.optimizer.lr=choice(1e-3,1e30)",
+            "module.scheduler=null",
+            "module.nonfinite_check_every=1",
+            *TINY,
+            "logger=csv",
+            f"paths.log_dir={tmp_path}/logs",
+        ],
+        tmp_path,
+        tiny_mnist_dir,
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     s = the_sweep(tmp_path / "logs")
     rows = read_csv(s / "summary.csv")
@@ -378,7 +457,8 @@ def test_optuna_search_goes_on_after_a_failed_trial(tmp_path, tiny_mnist_dir):
     for r in rows:
         statuses[r["module.optimizer.lr"]].add(r["status"])
     assert statuses.get("1e+30") == {"failed"} and statuses.get("0.001") == {"ok"}, (
-        f"expected both lr values among the trials, got {statuses}: pick another hydra.sweeper.sampler.seed")
+        f"expected both lr values among the trials, got {statuses}: pick another hydra.sweeper.sampler.seed"
+    )
     assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
     for key in ("module.loc_lr_mult", "model.box_head.min_scale", "model.glimpse_size"):
         assert all(r[key] for r in rows), key  # sampled by optuna, one column each

@@ -109,7 +109,8 @@ def test_resume_with_longer_schedule_is_a_clear_error(trained, tmp_path, tiny_mn
     cfg = make_cfg(
         "train",
         tmp_path / "longer",
-        FAST + [f"paths.data_dir={tiny_mnist_dir}", f"ckpt_path={last}", "trainer.max_epochs=3", "test=false"],
+        FAST
+        + [f"paths.data_dir={tiny_mnist_dir}", f"ckpt_path={last}", "trainer.max_epochs=3", "test=false"],
     )
     with pytest.raises(ValueError, match="trainer.max_epochs"):
         train(cfg)
@@ -137,7 +138,9 @@ def test_resume_into_a_new_folder_still_tests_the_best_epoch(tmp_path, tiny_mnis
 
     # val/acc is at most 1: no epoch after the resume beats 2, every one beats -1
     assert resume("unbeaten", 2.0)["tested_checkpoint"] == str(old_best)
-    assert resume("beaten", -1.0)["tested_checkpoint"] == str(tmp_path / "beaten" / "checkpoints" / "epoch_001.ckpt")
+    assert resume("beaten", -1.0)["tested_checkpoint"] == str(
+        tmp_path / "beaten" / "checkpoints" / "epoch_001.ckpt"
+    )
     assert old_best.is_file()  # nothing in the resumed run's folder is deleted
 
 
@@ -147,8 +150,13 @@ def test_eval_rebuilds_model_from_checkpoint(trained, tmp_path, tiny_mnist_dir):
     cfg = make_cfg(
         "eval",
         tmp_path / "eval",
-        [f"ckpt_path={ckpt}", f"paths.data_dir={tiny_mnist_dir}", "trainer.limit_test_batches=2",
-         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"],
+        [
+            f"ckpt_path={ckpt}",
+            f"paths.data_dir={tiny_mnist_dir}",
+            "trainer.limit_test_batches=2",
+            "trainer.accelerator=cpu",
+            "trainer.enable_progress_bar=false",
+        ],
     )
     result = evaluate(cfg)
     # train() tested the same best checkpoint on the same batches
@@ -176,8 +184,14 @@ def test_diverged_loss_stops_with_clear_error(tmp_path, tiny_mnist_dir):
     cfg = make_cfg(
         "train",
         tmp_path / "nan",
-        FAST + [f"paths.data_dir={tiny_mnist_dir}", "module.optimizer.lr=1e30", "module.scheduler=null",
-                "module.nonfinite_check_every=1", "logger=csv"],
+        FAST
+        + [
+            f"paths.data_dir={tiny_mnist_dir}",
+            "module.optimizer.lr=1e30",
+            "module.scheduler=null",
+            "module.nonfinite_check_every=1",
+            "logger=csv",
+        ],
     )
     from stn.lit import NonFiniteLossError
 
@@ -192,14 +206,20 @@ def run_cli(script: str, args: list[str], cwd: Path, env_extra: dict | None = No
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 @pytest.mark.slow
 def test_cli_train_then_eval(tmp_path, tiny_mnist_dir):
     """`python train.py` and `python eval.py` as a user runs them, output folders from Hydra."""
-    res = run_cli("train.py", FAST + [f"paths.log_dir={tmp_path}/logs"], tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)})
+    res = run_cli(
+        "train.py", FAST + [f"paths.log_dir={tmp_path}/logs"], tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)}
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
     assert len(runs) == 1
@@ -207,8 +227,12 @@ def test_cli_train_then_eval(tmp_path, tiny_mnist_dir):
     assert (run / ".hydra" / "config.yaml").is_file()
     assert json.loads((run / "metrics.json").read_text())["test/acc"] >= 0
     last = run / "checkpoints" / "last.ckpt"
-    res = run_cli("eval.py", [f"ckpt_path={last}", f"paths.log_dir={tmp_path}/logs", "trainer.limit_test_batches=2"],
-                  tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)})
+    res = run_cli(
+        "eval.py",
+        [f"ckpt_path={last}", f"paths.log_dir={tmp_path}/logs", "trainer.limit_test_batches=2"],
+        tmp_path,
+        {"STN_DATA_DIR": str(tiny_mnist_dir)},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "| last.ckpt |" in res.stdout
     evals = list((tmp_path / "logs" / "eval" / "runs").iterdir())
@@ -219,8 +243,17 @@ def test_cli_train_then_eval(tmp_path, tiny_mnist_dir):
 def test_cli_multirun_one_folder_per_job(tmp_path, tiny_mnist_dir):
     res = run_cli(
         "train.py",
-        ["-m", "seed=1,2", "model=attention,cnn", *FAST, "trainer.max_epochs=1", f"paths.log_dir={tmp_path}/logs"],
-        tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)}, timeout=600,
+        [
+            "-m",
+            "seed=1,2",
+            "model=attention,cnn",
+            *FAST,
+            "trainer.max_epochs=1",
+            f"paths.log_dir={tmp_path}/logs",
+        ],
+        tmp_path,
+        {"STN_DATA_DIR": str(tiny_mnist_dir)},
+        timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     sweeps = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
@@ -234,16 +267,30 @@ def test_cli_multirun_one_folder_per_job(tmp_path, tiny_mnist_dir):
 @pytest.mark.slow
 def test_cli_interrupted_run_keeps_checkpoint_and_resumes(tmp_path, tiny_mnist_dir):
     """Ctrl-C mid-run leaves last.ckpt; `ckpt_path=<last.ckpt>` finishes the same run."""
-    args = [*FAST, "trainer.max_epochs=3", "trainer.limit_train_batches=30", "test=false", "logger=csv",
-            f"hydra.run.dir={tmp_path}/run"]
+    args = [
+        *FAST,
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=30",
+        "test=false",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path}/run",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "STN_DATA_DIR": str(tiny_mnist_dir)}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while not last.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    assert last.exists(), proc.communicate()[0][-3000:] if proc.poll() is not None else "no checkpoint in time"
+    assert last.exists(), (
+        proc.communicate()[0][-3000:] if proc.poll() is not None else "no checkpoint in time"
+    )
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0 or "max_epochs=3` reached" in output
@@ -258,8 +305,12 @@ def test_cli_interrupted_run_keeps_checkpoint_and_resumes(tmp_path, tiny_mnist_d
 
 def test_cli_missing_data_is_one_clear_message(tmp_path):
     missing = tmp_path / "nowhere"
-    res = run_cli("train.py", ["trainer.max_epochs=1", f"paths.log_dir={tmp_path}/logs", "data.download=false"],
-                  tmp_path, {"STN_DATA_DIR": str(missing)})
+    res = run_cli(
+        "train.py",
+        ["trainer.max_epochs=1", f"paths.log_dir={tmp_path}/logs", "data.download=false"],
+        tmp_path,
+        {"STN_DATA_DIR": str(missing)},
+    )
     assert res.returncode == 1
     output = res.stdout + res.stderr
     assert str(missing) in output
@@ -272,9 +323,17 @@ def test_cli_ddp_two_cpu_processes(tmp_path, tiny_mnist_dir):
     """trainer=ddp with 2 gloo processes: trains, and ranks share one output folder."""
     res = run_cli(
         "train.py",
-        ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *FAST, "trainer.max_epochs=1",
-         f"paths.log_dir={tmp_path}/logs"],
-        tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)}, timeout=600,
+        [
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            *FAST,
+            "trainer.max_epochs=1",
+            f"paths.log_dir={tmp_path}/logs",
+        ],
+        tmp_path,
+        {"STN_DATA_DIR": str(tiny_mnist_dir)},
+        timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
@@ -290,8 +349,14 @@ def test_real_mnist_smoke_accuracy_floor(tmp_path, real_mnist_dir):
     cfg = make_cfg(
         "train",
         tmp_path / "real",
-        [f"paths.data_dir={real_mnist_dir}", "trainer.max_epochs=1", "trainer.limit_train_batches=150",
-         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "logger=csv"],
+        [
+            f"paths.data_dir={real_mnist_dir}",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=150",
+            "trainer.accelerator=cpu",
+            "trainer.enable_progress_bar=false",
+            "logger=csv",
+        ],
     )
     metrics = train(cfg)
     assert metrics["test/acc"] >= 0.93, metrics

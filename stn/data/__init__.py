@@ -2,11 +2,11 @@
 cut batches there without per-sample Python (image folders too big for memory are streamed), and
 the synthetic MNIST variants (translated, cluttered, distorted)."""
 
-from .base import DataMissingError, TensorDataModule, TensorLoader, TensorSplit
 from .augment import CropFlip, random_crop_flip
-from .mnist import MNISTDataModule, load_mnist
+from .base import DataMissingError, TensorDataModule, TensorLoader, TensorSplit
 from .cifar10 import CIFAR10DataModule, load_cifar10
 from .imagefolder import ImageFolderDataModule, StreamLoader
+from .mnist import MNISTDataModule, load_mnist
 from .synthetic import (
     ClutteredMNISTDataModule,
     DistortedMNISTDataModule,

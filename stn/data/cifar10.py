@@ -12,8 +12,17 @@ from .augment import CropFlip
 from .base import Batch, DataMissingError, TensorDataModule, TensorSplit
 
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 # Per-channel mean and standard deviation of the 50,000 training images in [0, 1] (the true std;
 # the often copied (0.2023, 0.1994, 0.2010) is a mean of per-image stds).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -78,7 +87,9 @@ class CIFAR10DataModule(TensorDataModule):
         padding_mode: str = "reflect",
         flip: bool = True,
     ) -> None:
-        super().__init__(data_dir, batch_size, eval_batch_size, val_size, seed, download, device, split_seed=split_seed)
+        super().__init__(
+            data_dir, batch_size, eval_batch_size, val_size, seed, download, device, split_seed=split_seed
+        )
         self.augment = CropFlip(crop_padding, padding_mode, flip)
 
     def load(self) -> Tuple[TensorSplit, TensorSplit]:

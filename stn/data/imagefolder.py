@@ -45,7 +45,9 @@ except ImportError:  # pragma: no cover
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still work, and a
 # failure (or this warning raised as an error) falls back to PIL.
 warnings.filterwarnings(
-    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision",
+    category=DeprecationWarning,
 )
 
 Size = Union[int, Sequence[int]]
@@ -342,9 +344,7 @@ class ImageFolderDataModule(TensorDataModule):
             return folder
         if not required:
             return None
-        raise DataMissingError(
-            f"Image folder split '{split}'", folder, _LAYOUT_HINT, downloadable=False
-        )
+        raise DataMissingError(f"Image folder split '{split}'", folder, _LAYOUT_HINT, downloadable=False)
 
     def _samples(self, folder: Path) -> Samples:
         class_to_idx = {c: i for i, c in enumerate(self.classes)}
@@ -354,7 +354,9 @@ class ImageFolderDataModule(TensorDataModule):
         samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
         if not samples:
             raise DataMissingError(
-                "Image files", folder, f"Supported extensions: {', '.join(IMG_EXTENSIONS)}. " + _LAYOUT_HINT,
+                "Image files",
+                folder,
+                f"Supported extensions: {', '.join(IMG_EXTENSIONS)}. " + _LAYOUT_HINT,
                 downloadable=False,
             )
         return samples
@@ -410,7 +412,11 @@ class ImageFolderDataModule(TensorDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits or self.streams:
             return
-        folders = {"train": self._folder("train"), "val": self._folder("val", False), "test": self._folder("test")}
+        folders = {
+            "train": self._folder("train"),
+            "val": self._folder("val", False),
+            "test": self._folder("test"),
+        }
         samples = {name: self._samples(f) for name, f in folders.items() if f is not None}
         shape = (self.decoder.channels, *self.decoder.image_size) if self.decoder.image_size else None
         if shape is None:
@@ -435,8 +441,12 @@ class ImageFolderDataModule(TensorDataModule):
                 data["val"] = train.subset(torch.tensor(held_out))
             self.splits = {name: data.get(name, data["test"]) for name in ("train", "val", "test")}
         else:
-            log.info("%s: %.1f GB decoded > max_memory_gb=%s, streaming with DataLoader workers",
-                     self.data_dir, nbytes / 2**30, self.max_memory_gb)  # fmt: skip
+            log.info(
+                "%s: %.1f GB decoded > max_memory_gb=%s, streaming with DataLoader workers",
+                self.data_dir,
+                nbytes / 2**30,
+                self.max_memory_gb,
+            )
             if held_out:
                 train = samples["train"]
                 samples["train"] = [train[i] for i in kept]

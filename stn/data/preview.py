@@ -48,7 +48,9 @@ def parse_args(argv: Sequence[str]) -> Tuple[Dict[str, str], List[str]]:
     return options, overrides
 
 
-def compose_data_config(name: str, overrides: Sequence[str] = (), config_dir: Path = CONFIG_DIR) -> DictConfig:
+def compose_data_config(
+    name: str, overrides: Sequence[str] = (), config_dir: Path = CONFIG_DIR
+) -> DictConfig:
     """The resolved ``data`` node of ``train.yaml`` composed with ``data=<name>`` and ``overrides``.
 
     If ``train.yaml`` does not compose because another group's config is missing (the project is
@@ -64,9 +66,16 @@ def compose_data_config(name: str, overrides: Sequence[str] = (), config_dir: Pa
         except MissingConfigException as err:
             if not (config_dir / "data" / f"{name}.yaml").exists():
                 raise
-            warnings.warn(f"train.yaml did not compose ({str(err).splitlines()[0]}); using data/{name}.yaml "
-                          "with paths/default.yaml only", stacklevel=2)  # fmt: skip
-            seed = OmegaConf.load(config_dir / "train.yaml").get("seed", 0) if (config_dir / "train.yaml").exists() else 0
+            warnings.warn(
+                f"train.yaml did not compose ({str(err).splitlines()[0]}); using data/{name}.yaml "
+                "with paths/default.yaml only",
+                stacklevel=2,
+            )
+            seed = (
+                OmegaConf.load(config_dir / "train.yaml").get("seed", 0)
+                if (config_dir / "train.yaml").exists()
+                else 0
+            )
             rest = [o for o in overrides if not o.startswith("seed=")]
             seeds = [o for o in overrides if o.startswith("seed=")]
             seed_override = f"+{seeds[-1]}" if seeds else f"+seed={seed}"
@@ -121,14 +130,23 @@ def draw(images: Tensor, boxes: Optional[Tensor], nrow: int = 8, scale: int = 2)
             # pixel box -> the outline one pixel outside it (draw_bounding_boxes includes both ends)
             h, w = tile.shape[-2:]
             b = boxes[i].float() * scale + torch.tensor([-1.0, -1.0, 0.0, 0.0])
-            b = torch.stack([b[0].clamp(0, w - 1), b[1].clamp(0, h - 1), b[2].clamp(0, w - 1), b[3].clamp(0, h - 1)])
+            b = torch.stack(
+                [b[0].clamp(0, w - 1), b[1].clamp(0, h - 1), b[2].clamp(0, w - 1), b[3].clamp(0, h - 1)]
+            )
             tile = draw_bounding_boxes(tile, b[None], colors=[BOX_COLOUR], width=1)
         tiles.append(tile)
     return make_grid(torch.stack(tiles).float() / 255, nrow=nrow, padding=2, pad_value=0.5)
 
 
-def preview(name: str, out: str | Path, n: int = 32, nrow: int = 8, scale: int = 2, split: str = "test",
-            overrides: Sequence[str] = ()) -> Path:  # fmt: skip
+def preview(
+    name: str,
+    out: str | Path,
+    n: int = 32,
+    nrow: int = 8,
+    scale: int = 2,
+    split: str = "test",
+    overrides: Sequence[str] = (),
+) -> Path:
     """Compose ``data=<name>``, instantiate it and write ``n`` samples with boxes to ``out`` (PNG)."""
     from hydra.utils import instantiate
     from torchvision.utils import save_image
@@ -144,8 +162,10 @@ def preview(name: str, out: str | Path, n: int = 32, nrow: int = 8, scale: int =
     save_image(grid, out)
     labels = batch["label"].tolist()
     rows = [" ".join(str(v) for v in labels[i : i + nrow]) for i in range(0, len(labels), nrow)]
-    print(f"{out}: {len(labels)} {split} samples of {name}, image shape {tuple(batch['image'].shape[1:])}, "
-          f"boxes {'drawn' if 'box' in batch else 'absent'}; labels by row:\n  " + "\n  ".join(rows))  # fmt: skip
+    print(
+        f"{out}: {len(labels)} {split} samples of {name}, image shape {tuple(batch['image'].shape[1:])}, "
+        f"boxes {'drawn' if 'box' in batch else 'absent'}; labels by row:\n  " + "\n  ".join(rows)
+    )
     return out
 
 

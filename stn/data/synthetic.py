@@ -87,10 +87,18 @@ DIGIT_SIZE = 28
 
 #: The STN paper's recipes (sec. 4.1, appendix A); ``canvas`` is the default canvas size.
 DISTORTIONS: Dict[str, Dict] = {
-    "r": dict(max_angle=90.0, scale_range=(1.0, 1.0), corner_std=0.0, elastic=False, translate=False, canvas=28),
-    "rts": dict(max_angle=45.0, scale_range=(0.7, 1.2), corner_std=0.0, elastic=False, translate=True, canvas=42),
-    "p": dict(max_angle=0.0, scale_range=(0.75, 1.0), corner_std=5.0, elastic=False, translate=False, canvas=28),
-    "e": dict(max_angle=0.0, scale_range=(1.0, 1.0), corner_std=0.0, elastic=True, translate=False, canvas=28),
+    "r": dict(
+        max_angle=90.0, scale_range=(1.0, 1.0), corner_std=0.0, elastic=False, translate=False, canvas=28
+    ),
+    "rts": dict(
+        max_angle=45.0, scale_range=(0.7, 1.2), corner_std=0.0, elastic=False, translate=True, canvas=42
+    ),
+    "p": dict(
+        max_angle=0.0, scale_range=(0.75, 1.0), corner_std=5.0, elastic=False, translate=False, canvas=28
+    ),
+    "e": dict(
+        max_angle=0.0, scale_range=(1.0, 1.0), corner_std=0.0, elastic=True, translate=False, canvas=28
+    ),
 }
 ELASTIC_ALPHA, ELASTIC_SIGMA = 34.0, 4.0
 
@@ -130,7 +138,9 @@ def _rand(generator: torch.Generator, size, low: float = 0.0, high: float = 1.0)
 
 def _check_digits(digits: Tensor) -> None:
     if not isinstance(digits, Tensor) or digits.dim() != 4:
-        raise ValueError(f"digits must be a (B, C, h, w) tensor, got {getattr(digits, 'shape', type(digits))}")
+        raise ValueError(
+            f"digits must be a (B, C, h, w) tensor, got {getattr(digits, 'shape', type(digits))}"
+        )
 
 
 def tight_boxes(mask: Tensor) -> Tensor:
@@ -274,8 +284,11 @@ def add_clutter(
     dev = canvases.device
     if k == 0:
         empty = torch.zeros(b, 0, dtype=torch.long, device=dev)
-        return canvases.clone(), {"piece_source": empty, "piece_crop": empty[..., None].expand(b, 0, 2),
-                                  "piece_position": empty[..., None].expand(b, 0, 2)}  # fmt: skip
+        return canvases.clone(), {
+            "piece_source": empty,
+            "piece_crop": empty[..., None].expand(b, 0, 2),
+            "piece_position": empty[..., None].expand(b, 0, 2),
+        }
     if source_index is not None and n > 1:
         src = (source_index.to(dev)[:, None] + _randint(generator, 1, n - 1, (b, k))) % n
     else:
@@ -421,7 +434,9 @@ def elastic_field(b: int, size: int, alpha: float, sigma: float, generator: torc
         k = k / k.sum()
         i = torch.arange(size, device=noise.device)
         offset = i[None, :] - i[:, None]  # column - row
-        g = torch.where(offset.abs() <= r, k[(offset + r).clamp(0, 2 * r)], torch.zeros((), device=noise.device))
+        g = torch.where(
+            offset.abs() <= r, k[(offset + r).clamp(0, 2 * r)], torch.zeros((), device=noise.device)
+        )
         noise = g @ noise @ g.T
     return (alpha * noise).view(b, 2, size, size)
 
@@ -469,7 +484,11 @@ def distort(
     max_angle = recipe["max_angle"] if max_angle is None else float(max_angle)
     lo, hi = recipe["scale_range"] if scale_range is None else (float(s) for s in scale_range)
     corner_std = recipe["corner_std"] if corner_std is None else float(corner_std)
-    angle = _rand(generator, (b,), -max_angle, max_angle) if max_angle > 0 else digits.new_zeros(b, dtype=torch.float32)
+    angle = (
+        _rand(generator, (b,), -max_angle, max_angle)
+        if max_angle > 0
+        else digits.new_zeros(b, dtype=torch.float32)
+    )
     scale = _rand(generator, (b,), lo, hi) if hi > lo else torch.full((b,), lo, device=digits.device)
     params = {"angle": angle, "scale": scale}
 
@@ -484,7 +503,9 @@ def distort(
         high = size - box[:, 2:]  # and x2 + dx <= size
         fits = high >= low
         u = _rand(generator, (b, 2))
-        d = torch.where(fits, (low + torch.floor(u * (high - low + 1))).minimum(high), torch.round((low + high) / 2))
+        d = torch.where(
+            fits, (low + torch.floor(u * (high - low + 1))).minimum(high), torch.round((low + high) / 2)
+        )
         d = d.long()
         image = shift_images(warped, d, size)
         params["shift"] = d
@@ -496,8 +517,9 @@ def distort(
         top, left = (size - h) // 2, (size - w) // 2
         corners = torch.tensor(
             [[left, top], [left + w, top], [left + w, top + h], [left, top + h]],
-            dtype=torch.float32, device=digits.device,
-        )  # fmt: skip
+            dtype=torch.float32,
+            device=digits.device,
+        )
         centre = torch.tensor([left + w / 2, top + h / 2], device=digits.device)
         a = torch.deg2rad(angle)
         cos, sin = torch.cos(a), torch.sin(a)
@@ -557,9 +579,10 @@ class _SyntheticMNIST(TensorDataModule):
     ``seed`` (different streams for each split), whatever the training device: the same images on
     every run (translated and cluttered canvases are integer copies, bit-identical on any machine
     with the same torch version; distorted ones go through float ``grid_sample``, where a
-    different CPU instruction set could round a rare pixel differently). Training canvases are generated on the training device for each batch, from the
-    loader's generator (seeded by ``seed`` and the epoch), unless ``fixed_train``: then the training
-    split is generated once like the others and batches only convert to float.
+    different CPU instruction set could round a rare pixel differently). Training canvases are
+    generated on the training device for each batch, from the loader's generator (seeded by
+    ``seed`` and the epoch), unless ``fixed_train``: then the training split is generated once like
+    the others and batches only convert to float.
 
     Args:
         data_dir: folder holding ``MNIST/raw``.
@@ -766,7 +789,9 @@ class DistortedMNISTDataModule(_SyntheticMNIST):
         if scale_range is not None:
             scale_range = tuple(float(s) for s in scale_range)
             if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
-                raise ValueError(f"scale_range must be [low, high] with 0 < low <= high, got {list(scale_range)}")
+                raise ValueError(
+                    f"scale_range must be [low, high] with 0 < low <= high, got {list(scale_range)}"
+                )
         if corner_std is not None and corner_std < 0:
             raise ValueError(f"corner_std must be >= 0 pixels, got {corner_std}")
         if elastic_alpha < 0:

@@ -106,8 +106,14 @@ class ImageModel(nn.Module):
     """Base of the models: the shape of the data they are built for, its normalization (buffers,
     saved with the weights), and a clear error for inputs of another shape."""
 
-    def __init__(self, in_channels: int, num_classes: int, image_size: Size2, mean: Sequence[float],
-                 std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: Size2,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
         super().__init__()
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.num_classes = check_positive_int(num_classes, "num_classes")

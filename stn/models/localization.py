@@ -143,14 +143,18 @@ class BoxHead(nn.Module):
         self.num_boxes = check_positive_int(num_boxes, "num_boxes")
         self.min_scale, self.max_scale = float(min_scale), float(max_scale)
         if not 0 < self.min_scale < self.max_scale:
-            raise ValueError(f"need 0 < min_scale < max_scale, got min_scale={min_scale}, max_scale={max_scale}")
+            raise ValueError(
+                f"need 0 < min_scale < max_scale, got min_scale={min_scale}, max_scale={max_scale}"
+            )
         self.anisotropic = bool(anisotropic)
         g = self.num_boxes
         scales = as_floats(init_scale, "init_scale")
         if len(scales) == 1:
             scales = scales * g
         if len(scales) != g:
-            raise ValueError(f"init_scale must be one number or {g} (one per box), got {len(scales)}: {scales}")
+            raise ValueError(
+                f"init_scale must be one number or {g} (one per box), got {len(scales)}: {scales}"
+            )
         for s in scales:
             if not self.min_scale < s < self.max_scale:
                 raise ValueError(

@@ -50,7 +50,9 @@ def check_box_tensor(boxes: Tensor, name: str = "boxes") -> None:
     if not isinstance(boxes, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(boxes).__name__}")
     if boxes.dim() == 0 or boxes.shape[-1] != 4:
-        raise ValueError(f"{name} must have last dimension 4 (x1, y1, x2, y2), got shape {tuple(boxes.shape)}")
+        raise ValueError(
+            f"{name} must have last dimension 4 (x1, y1, x2, y2), got shape {tuple(boxes.shape)}"
+        )
     if not boxes.is_floating_point():
         raise TypeError(f"{name} must be floating point, got dtype {boxes.dtype}")
 
@@ -117,4 +119,6 @@ def flatten_boxes(
         k = boxes.shape[1]
         idx = torch.arange(batch, device=boxes.device).repeat_interleave(k)
         return boxes.reshape(-1, 4), idx, (batch, k)
-    raise ValueError(f"{name} must be (B, 4), (B, K, 4) or (N, 4) with indices, got shape {tuple(boxes.shape)}")
+    raise ValueError(
+        f"{name} must be (B, 4), (B, K, 4) or (N, 4) with indices, got shape {tuple(boxes.shape)}"
+    )

@@ -85,7 +85,9 @@ class Taps(NamedTuple):
     dscale: Optional[Tensor]  # (N, out, T) d weight / d scale (no graph), or None
 
 
-def axis_taps(lo: Tensor, hi: Tensor, out_size: int, in_size: int, *, antialias: bool, padding_mode: str) -> Taps:
+def axis_taps(
+    lo: Tensor, hi: Tensor, out_size: int, in_size: int, *, antialias: bool, padding_mode: str
+) -> Taps:
     """Taps of one axis: the sparse rows of ``Wy`` (or ``Wx``).
 
     Output pixel ``j`` of ``out_size`` has its centre at ``lo + (j + 0.5) * (hi - lo) / out_size``
@@ -208,7 +210,8 @@ def _plan(cy: Tensor, cx: Tensor, ty: int, tx: int, per_box: int):
     order = torch.argsort(cy * (tx + 1) + cx, stable=True)
     sorted_y, sorted_x = cy[order].tolist(), cx[order].tolist()
     return [
-        (order[s : s + step], max(sorted_y[s : s + step]), max(sorted_x[s : s + step])) for s in range(0, n, step)
+        (order[s : s + step], max(sorted_y[s : s + step]), max(sorted_x[s : s + step]))
+        for s in range(0, n, step)
     ]
 
 
@@ -263,7 +266,11 @@ class _Separable(torch.autograd.Function):
         row_grad = _ROW_GRAD if _ROW_GRAD != "auto" else ("index_add" if cpu else "embedding_bag")
         col_grad = _COLUMN_GRAD if _COLUMN_GRAD != "auto" else ("scatter" if cpu else "dense")
         need_table, need_wy = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-        need_pos, need_scale, need_wx = ctx.needs_input_grad[5], ctx.needs_input_grad[6], ctx.needs_input_grad[8]
+        need_pos, need_scale, need_wx = (
+            ctx.needs_input_grad[5],
+            ctx.needs_input_grad[6],
+            ctx.needs_input_grad[8],
+        )
         grad = grad.contiguous()
         grad_table = torch.zeros_like(table) if need_table else None
         grad_wy = torch.zeros_like(wy) if need_wy else None
@@ -432,7 +439,9 @@ def _apply(images, idx, ky, wy, cy, kx, wx, cx, y_params) -> Tensor:
     w, tx = kx.shape[1], kx.shape[2]
     table = images.reshape(b * c * h_in, w_in)
     # Tap t of row (n, c, i) of the intermediate is row (idx[n], c, ky[n, i, t]) of the image batch.
-    base = (idx * (c * h_in))[:, None, None, None] + (torch.arange(c, device=idx.device) * h_in)[:, None, None]
+    base = (idx * (c * h_in))[:, None, None, None] + (torch.arange(c, device=idx.device) * h_in)[
+        :, None, None
+    ]
     rows = base + ky[:, None]  # (N, C, h, Ty)
     dy_pos, dy_scale, y_pos, y_scale = y_params
     # (N, T, w) contiguous taps: per-tap slices broadcast without strides in the column pass.

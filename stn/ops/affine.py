@@ -51,7 +51,9 @@ def _check_theta(theta: Tensor, name: str = "theta") -> None:
 
 def _check_same_device(images: Tensor, other: Tensor, name: str) -> None:
     if other.device != images.device:
-        raise ValueError(f"{name} is on {other.device} but images are on {images.device}; move them to one device")
+        raise ValueError(
+            f"{name} is on {other.device} but images are on {images.device}; move them to one device"
+        )
 
 
 def _check_padding_mode(padding_mode: str) -> None:
@@ -84,9 +86,13 @@ def _fill_tensor(fill: Fill, images: Tensor, padding_mode: str) -> Optional[Tens
         if len(fill) not in (1, channels) or not all(
             isinstance(v, numbers.Real) and not isinstance(v, bool) for v in fill
         ):
-            raise ValueError(f"fill must be a number or a sequence of {channels} numbers (one per channel), got {fill!r}")
+            raise ValueError(
+                f"fill must be a number or a sequence of {channels} numbers (one per channel), got {fill!r}"
+            )
         zero = all(float(v) == 0.0 for v in fill)
-        values = torch.tensor([float(v) for v in fill], dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
+        values = torch.tensor([float(v) for v in fill], dtype=images.dtype, device=images.device).reshape(
+            1, -1, 1, 1
+        )
     else:
         raise TypeError(
             f"fill must be a number, a sequence of numbers or a tensor, got {type(fill).__name__}"
@@ -120,7 +126,8 @@ def _flatten_theta(
     if theta.dim() == 3:
         if theta.shape[0] != batch:
             raise ValueError(
-                f"theta of shape {tuple(theta.shape)} must have one matrix per image ({batch} images of shape "
+                f"theta of shape {tuple(theta.shape)} must have one matrix per image "
+                f"({batch} images of shape "
                 f"{tuple(images.shape)}); pass indices=(N,) to sample several thetas from chosen images"
             )
         return theta, None, (batch,)
@@ -360,6 +367,10 @@ def box_rotation_theta(boxes: Tensor, angles: Union[float, Tensor], image_size: 
     angles = angles.to(dtype)
     c, s = torch.cos(angles), torch.sin(angles)
     bw, bh = x2 - x1, y2 - y1
-    row_x = torch.stack(torch.broadcast_tensors(c * bw / img_w, -s * bh / img_w, (x1 + x2) / img_w - 1), dim=-1)
-    row_y = torch.stack(torch.broadcast_tensors(s * bw / img_h, c * bh / img_h, (y1 + y2) / img_h - 1), dim=-1)
+    row_x = torch.stack(
+        torch.broadcast_tensors(c * bw / img_w, -s * bh / img_w, (x1 + x2) / img_w - 1), dim=-1
+    )
+    row_y = torch.stack(
+        torch.broadcast_tensors(s * bw / img_h, c * bh / img_h, (y1 + y2) / img_h - 1), dim=-1
+    )
     return torch.stack([row_x, row_y], dim=-2).expand(*lead, 2, 3)

@@ -140,4 +140,3 @@ def theta_to_boxes(theta: Tensor, image_size: Size2) -> Tensor:
     lo, hi = centre - half, centre + half
     norm = torch.stack([lo[..., 0], lo[..., 1], hi[..., 0], hi[..., 1]], dim=-1)
     return denormalize_boxes(norm, (h, w))
-

@@ -44,7 +44,9 @@ def _fill_values(fill: Fill, channels: int, like: Tensor, padding_mode: str) -> 
                 f"fill must be a number, a sequence of numbers or a tensor, got {type(fill).__name__}"
             ) from None
         if len(seq) not in (1, channels):
-            raise ValueError(f"fill must be a number or one value per channel ({channels}), got {len(seq)} values")
+            raise ValueError(
+                f"fill must be a number or one value per channel ({channels}), got {len(seq)} values"
+            )
         constant_zero = not any(seq)
         values = torch.tensor(seq, dtype=like.dtype, device=like.device).expand(channels)
     if constant_zero:
@@ -159,7 +161,9 @@ def glimpse(
         link = images.reshape(-1)[:0].sum() + flat.reshape(-1)[:0].sum()
         if fill_values is not None:
             link = link + fill_values[:0].sum()
-        return (images.new_zeros(*lead, channels, h, w) + link.to(images.dtype)).reshape(*lead, channels, h, w)
+        return (images.new_zeros(*lead, channels, h, w) + link.to(images.dtype)).reshape(
+            *lead, channels, h, w
+        )
 
     finite = torch.isfinite(flat).all(-1)  # (N,)
     # On CPU, skip the masking when every box is finite (the common case); on CUDA always mask

@@ -17,7 +17,9 @@ from ._separable import separable_sample
 __all__ = ["paste"]
 
 
-def _axis_taps(lo: Tensor, hi: Tensor, out_size: int, in_size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _axis_taps(
+    lo: Tensor, hi: Tensor, out_size: int, in_size: int
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Bilinear taps along one axis for the inverse box map.
 
     Image pixel ``X`` (centre ``X + 0.5``) lies at continuous patch coordinate
@@ -171,7 +173,9 @@ def paste(images: Tensor, patches: Tensor, boxes: Tensor, *, indices: Optional[T
         raise TypeError(f"patches must be floating point, got dtype {patches.dtype}")
     flat, idx, lead = flatten_boxes(images, boxes, indices)
     batch, channels, height, width = images.shape
-    expected = "(N, C, h, w)" if indices is not None else ("(B, C, h, w)" if len(lead) == 1 else "(B, K, C, h, w)")
+    expected = (
+        "(N, C, h, w)" if indices is not None else ("(B, C, h, w)" if len(lead) == 1 else "(B, K, C, h, w)")
+    )
     if patches.dim() != len(lead) + 3 or tuple(patches.shape[: len(lead)]) != tuple(lead):
         raise ValueError(
             f"patches must be {expected} with leading shape {tuple(lead)} to match boxes of shape "
@@ -186,7 +190,9 @@ def paste(images: Tensor, patches: Tensor, boxes: Tensor, *, indices: Optional[T
         raise ValueError(f"patches must have non-empty spatial dimensions, got shape {tuple(patches.shape)}")
     for name, t in (("patches", patches), ("boxes", boxes)):
         if t.device != images.device:
-            raise ValueError(f"{name} is on {t.device} but images are on {images.device}; move them to one device")
+            raise ValueError(
+                f"{name} is on {t.device} but images are on {images.device}; move them to one device"
+            )
     patches = patches.to(images.dtype)
     flat = flat.to(images.dtype)
 
@@ -211,7 +217,11 @@ def paste(images: Tensor, patches: Tensor, boxes: Tensor, *, indices: Optional[T
             sel_patches, sel_boxes, sel_idx = patches, flat, idx
         else:
             sel = (layer_of == layer).nonzero().squeeze(1)
-            sel_patches, sel_boxes, sel_idx = patches.index_select(0, sel), flat.index_select(0, sel), idx.index_select(0, sel)
+            sel_patches, sel_boxes, sel_idx = (
+                patches.index_select(0, sel),
+                flat.index_select(0, sel),
+                idx.index_select(0, sel),
+            )
         blended = _blend(out.index_select(0, sel_idx), sel_patches, sel_boxes)
         out = out.index_copy(0, sel_idx, blended)
     return out

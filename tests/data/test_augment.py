@@ -25,7 +25,9 @@ def candidates(img: torch.Tensor, padding: int, mode: str) -> list[torch.Tensor]
 
 @pytest.mark.parametrize("mode", ["reflect", "zeros", "replicate"])
 def test_matches_pad_crop_flip(mode):
-    images = torch.randint(1, 256, (32, 2, 5, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(
+        1, 256, (32, 2, 5, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     out, _ = random_crop_flip(images, torch.Generator().manual_seed(1), padding=2, padding_mode=mode)
     assert out.shape == images.shape and out.dtype == images.dtype
     for x, y in zip(images, out):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-import numpy as np
 from PIL import Image
 
 from stn.data import DataMissingError, ImageFolderDataModule, StreamLoader
@@ -210,10 +210,17 @@ def test_streaming_is_deterministic_and_sharded(tiny_imagefolder_dir):
         dm = module(tiny_imagefolder_dir, batch_size=4, max_memory_gb=0, num_workers=workers, crop_padding=2)
         dm.setup()
         return StreamLoader(
-            dm._loader("train", True).loader.dataset, 4, shuffle=True, drop_last=True, seed=0,
-            transform=dm.train_transform, epoch_fn=lambda: epoch, rank=rank, world_size=world_size,
+            dm._loader("train", True).loader.dataset,
+            4,
+            shuffle=True,
+            drop_last=True,
+            seed=0,
+            transform=dm.train_transform,
+            epoch_fn=lambda: epoch,
+            rank=rank,
+            world_size=world_size,
             num_workers=workers,
-        )  # fmt: skip
+        )
 
     a, b = _batches(loader(0)), _batches(loader(0, workers=1))
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
@@ -253,7 +260,18 @@ def test_configs_build_the_module(tiny_imagefolder_dir, tmp_path, data_config):
 def test_real_cifar10_jpeg_listing(real_cifar10_jpeg_dir):
     # listing only (decoding all 60,000 files takes several seconds; see the report for timings)
     dm = module(real_cifar10_jpeg_dir, image_size=32)
-    assert dm.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert dm.classes == [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     test = dm._samples(dm._folder("test"))
     assert len(test) == 10000 and torch.bincount(torch.tensor([s[1] for s in test])).tolist() == [1000] * 10
     assert dm.decoder(test[0][0]).shape == (3, 32, 32)

@@ -11,7 +11,9 @@ from stn.data.augment import CropFlip
 
 def make_split(n: int = 103, boxes: bool = False) -> TensorSplit:
     # Each image carries its index in its first two pixels so batches can be traced back.
-    images = torch.randint(0, 256, (n, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    images = torch.randint(
+        0, 256, (n, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
     idx = torch.arange(n)
     images[:, 0, 0, 0], images[:, 0, 0, 1] = (idx // 256).to(torch.uint8), (idx % 256).to(torch.uint8)
     box = torch.stack([idx, idx, idx + 1, idx + 2], 1).float() if boxes else None
@@ -85,7 +87,9 @@ def test_random_transform_is_reproducible():
 def test_ddp_shards_are_disjoint_and_equal_length(world_size):
     split = make_split(103)
     loaders = [
-        TensorLoader(split, 8, shuffle=True, drop_last=True, seed=0, epoch_fn=lambda: 2, rank=r, world_size=world_size)
+        TensorLoader(
+            split, 8, shuffle=True, drop_last=True, seed=0, epoch_fn=lambda: 2, rank=r, world_size=world_size
+        )
         for r in range(world_size)
     ]
     lengths = {len(lo) for lo in loaders}
@@ -124,6 +128,8 @@ def test_tensor_split_checks():
     with pytest.raises(ValueError, match="labels"):
         TensorSplit(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="boxes"):
-        TensorSplit(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), torch.zeros(2, 3))
+        TensorSplit(
+            torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), torch.zeros(2, 3)
+        )
     with pytest.raises(ValueError, match="batch_size"):
         TensorLoader(make_split(4), 0)

@@ -51,7 +51,9 @@ def test_validation_split_is_seeded_and_disjoint(tiny_mnist_dir):
 
 
 def test_batches(tiny_mnist_dir):
-    dm = MNISTDataModule(str(tiny_mnist_dir), batch_size=64, eval_batch_size=500, val_size=1000, download=False)
+    dm = MNISTDataModule(
+        str(tiny_mnist_dir), batch_size=64, eval_batch_size=500, val_size=1000, download=False
+    )
     assert dm.num_classes == 10 and dm.image_shape == (1, 28, 28) and len(dm.mean) == len(dm.std) == 1
     train = dm.train_dataloader()
     batch = next(iter(train))

@@ -51,14 +51,32 @@ def test_data_configs_mirror_their_classes(name, tiny_mnist_dir):
     for key, value in defaults.items():
         assert getattr(dm, key) == value
     # overrides reach the datamodule
-    small = instantiate(compose_data_config(name, [f"paths.data_dir={tiny_mnist_dir}", "data.canvas_size=48"]))
+    small = instantiate(
+        compose_data_config(name, [f"paths.data_dir={tiny_mnist_dir}", "data.canvas_size=48"])
+    )
     assert small.image_shape == (1, 48, 48)
 
 
 def test_parse_args_routes_overrides():
-    options, overrides = parse_args(["data=cluttered_mnist", "out=x.png", "n=4", "canvas_size=100",
-                                     "paths.data_dir=/d", "seed=3", "+data.extra=1"])  # fmt: skip
-    assert options == {"data": "cluttered_mnist", "out": "x.png", "n": "4", "nrow": "8", "scale": "2", "split": "test"}
+    options, overrides = parse_args(
+        [
+            "data=cluttered_mnist",
+            "out=x.png",
+            "n=4",
+            "canvas_size=100",
+            "paths.data_dir=/d",
+            "seed=3",
+            "+data.extra=1",
+        ]
+    )
+    assert options == {
+        "data": "cluttered_mnist",
+        "out": "x.png",
+        "n": "4",
+        "nrow": "8",
+        "scale": "2",
+        "split": "test",
+    }
     assert overrides == ["data.canvas_size=100", "paths.data_dir=/d", "seed=3", "+data.extra=1"]
     with pytest.raises(SystemExit, match="out="):
         parse_args(["data=cluttered_mnist"])
@@ -77,14 +95,20 @@ def test_draw_puts_the_outline_just_outside_the_box():
     assert (tile[:, 3:6, 2:7] == 255).all()  # the digit's pixels are untouched
 
 
-@pytest.mark.parametrize("name, extra, side", [("cluttered_mnist", [], 60), ("distorted_mnist", ["distortion=r"], 28)])
+@pytest.mark.parametrize(
+    "name, extra, side", [("cluttered_mnist", [], 60), ("distorted_mnist", ["distortion=r"], 28)]
+)
 def test_preview_writes_a_png_of_the_expected_size(name, extra, side, tiny_mnist_dir, tmp_path, capsys):
     out = tmp_path / "sub" / "preview.png"
-    main([f"data={name}", f"out={out}", "n=6", "nrow=3", "scale=2", f"paths.data_dir={tiny_mnist_dir}", *extra])
+    main(
+        [f"data={name}", f"out={out}", "n=6", "nrow=3", "scale=2", f"paths.data_dir={tiny_mnist_dir}", *extra]
+    )
     tile = side * 2 + 2
     with Image.open(out) as png:
         assert png.size == (3 * tile + 2, 2 * tile + 2)  # make_grid: 3 x 2 tiles, 2 px padding
         pixels = torch.from_numpy(np.array(png.convert("RGB")))
-    assert ((pixels == torch.tensor(BOX_COLOUR, dtype=torch.uint8)).all(-1)).sum() > 6 * 2 * side  # six outlines drawn
+    assert (
+        (pixels == torch.tensor(BOX_COLOUR, dtype=torch.uint8)).all(-1)
+    ).sum() > 6 * 2 * side  # six outlines drawn
     printed = capsys.readouterr().out
     assert "6 test samples" in printed and f"(1, {side}, {side})" in printed

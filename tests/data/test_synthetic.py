@@ -169,8 +169,11 @@ def test_rotation_direction_and_identity():
     assert turned[0, 0].argmax().item() == 7 * 28 + 14  # now above it: counter-clockwise on screen
     assert turned.max() == 200 and turned.sum() == 200  # an exact quarter turn
     many, _ = digits(8)
-    for distortion, kw in (("r", dict(max_angle=0)), ("p", dict(corner_std=0, scale_range=(1, 1))),
-                           ("e", dict(alpha=0.0))):  # fmt: skip
+    for distortion, kw in (
+        ("r", dict(max_angle=0)),
+        ("p", dict(corner_std=0, scale_range=(1, 1))),
+        ("e", dict(alpha=0.0)),
+    ):
         out = distort(many, distortion, gen(1), **kw)
         assert torch.equal(out.image, many), distortion  # no blur, no half-pixel shift
     big = distort(many, "r", gen(1), 36, max_angle=0)
@@ -226,8 +229,11 @@ def test_distort_rejects_unknown_names_and_small_canvases():
 def test_compositions_are_reproducible_and_follow_the_generator(device):
     d, _ = digits(16)
     d = d.to(device)
-    for fn in (lambda g: translate(d, 60, g), lambda g: clutter(d, 60, 4, 8, g),
-               *[(lambda g, k=k: distort(d, k, g)) for k in DISTORTIONS]):  # fmt: skip
+    for fn in (
+        lambda g: translate(d, 60, g),
+        lambda g: clutter(d, 60, 4, 8, g),
+        *[(lambda g, k=k: distort(d, k, g)) for k in DISTORTIONS],
+    ):
         a, b, c = fn(gen(1, device)), fn(gen(1, device)), fn(gen(2, device))
         assert torch.equal(a.image, b.image) and torch.equal(a.box, b.box)
         assert not torch.equal(a.image, c.image)
@@ -265,16 +271,22 @@ def test_datamodule_splits(rect_mnist, cls, kw, size):
             torch.testing.assert_close(box, tight_boxes(split.images))
         if cls is not DistortedMNISTDataModule and raw is not None:
             # translated: the box has the size of the digit's own tight box, and all its ink
-            torch.testing.assert_close(box[:, 2:] - box[:, :2], (lambda b: b[:, 2:] - b[:, :2])(tight_boxes(raw.images)))
+            torch.testing.assert_close(
+                box[:, 2:] - box[:, :2], (lambda b: b[:, 2:] - b[:, :2])(tight_boxes(raw.images))
+            )
     if cls is TranslatedMNISTDataModule:  # an exact copy of the digit: every pixel value kept
-        assert torch.equal(test.images.flatten(1).sort(1).values[:, -784:], raw_test.images.flatten(1).sort(1).values)
+        assert torch.equal(
+            test.images.flatten(1).sort(1).values[:, -784:], raw_test.images.flatten(1).sort(1).values
+        )
     if cls is ClutteredMNISTDataModule:
         # clutter for test canvases is cut from test digits (128..255), for validation from
         # validation digits (1..127): no value of the other range appears
         assert ((test.images == 0) | (test.images >= 128)).all()
-        assert ((val.images <= 127)).all()
+        assert (val.images <= 127).all()
         # clutter is there: more ink than the digits alone
-        assert (test.images.float().sum((1, 2, 3)) > raw_test.images.float().sum((1, 2, 3))).float().mean() > 0.8
+        assert (
+            test.images.float().sum((1, 2, 3)) > raw_test.images.float().sum((1, 2, 3))
+        ).float().mean() > 0.8
 
 
 def test_seeded_splits_are_identical_across_constructions(rect_mnist):

@@ -72,12 +72,20 @@ def test_output_shapes_and_training_steps(cls):
 
 
 def test_non_square_images_and_glimpse_size():
-    model = AttentionModel(glimpse_size=(12, 16), in_channels=3, num_classes=5, image_size=(24, 40),
-                           mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))
+    model = AttentionModel(
+        glimpse_size=(12, 16),
+        in_channels=3,
+        num_classes=5,
+        image_size=(24, 40),
+        mean=(0.5, 0.4, 0.3),
+        std=(0.2, 0.2, 0.2),
+    )
     out = model(images(c=3, h=24, w=40))
     assert out["logits"].shape == (4, 5)
     assert out["glimpses"].shape == (4, 3, 12, 16)
-    torch.testing.assert_close(out["boxes"], torch.tensor([[0.0, 0.0, 40.0, 24.0]]).expand(4, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        out["boxes"], torch.tensor([[0.0, 0.0, 40.0, 24.0]]).expand(4, 4), atol=1e-5, rtol=0
+    )
 
 
 # -- identity initialization ----------------------------------------------------------------------
@@ -87,7 +95,9 @@ def test_attention_starts_at_the_full_image():
     model = AttentionModel(**MNIST)
     x = images()
     out = model(x)
-    torch.testing.assert_close(out["boxes"], torch.tensor([[0.0, 0.0, 28.0, 28.0]]).expand(4, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        out["boxes"], torch.tensor([[0.0, 0.0, 28.0, 28.0]]).expand(4, 4), atol=1e-5, rtol=0
+    )
     # a full-image box sampled at the image size is the image itself
     torch.testing.assert_close(out["glimpses"], x, atol=1e-4, rtol=0)
 
@@ -98,15 +108,24 @@ def test_affine_stn_starts_at_the_identity():
     out = model(x)
     eye = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).expand(4, 2, 3)
     torch.testing.assert_close(out["theta"], eye, atol=1e-6, rtol=0)
-    torch.testing.assert_close(out["boxes"], torch.tensor([[0.0, 0.0, 28.0, 28.0]]).expand(4, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        out["boxes"], torch.tensor([[0.0, 0.0, 28.0, 28.0]]).expand(4, 4), atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(out["glimpses"], x, atol=1e-4, rtol=0)
 
 
 def test_multi_glimpse_starts_at_the_full_image_and_custom_starts():
     out = MultiGlimpseModel(num_glimpses=3, **MNIST)(images())
-    torch.testing.assert_close(out["boxes"], torch.tensor([0.0, 0.0, 28.0, 28.0]).expand(4, 3, 4), atol=1e-5, rtol=0)
-    head = BoxHead(in_features=8, image_size=(20, 40), num_boxes=2, init_scale=[0.5, 1.0],
-                   init_center=[[0.25, 0.5], [0.5, 0.5]])
+    torch.testing.assert_close(
+        out["boxes"], torch.tensor([0.0, 0.0, 28.0, 28.0]).expand(4, 3, 4), atol=1e-5, rtol=0
+    )
+    head = BoxHead(
+        in_features=8,
+        image_size=(20, 40),
+        num_boxes=2,
+        init_scale=[0.5, 1.0],
+        init_center=[[0.25, 0.5], [0.5, 0.5]],
+    )
     boxes = head(torch.randn(3, 8))
     want = torch.tensor([[0.0, 5.0, 20.0, 15.0], [0.0, 0.0, 40.0, 20.0]]).expand(3, 2, 4)
     torch.testing.assert_close(boxes, want, atol=1e-5, rtol=0)
@@ -119,7 +138,9 @@ def test_multi_glimpse_starts_at_the_full_image_and_custom_starts():
 def test_box_head_bounds_hold_for_extreme_inputs(anisotropic):
     torch.manual_seed(0)
     h, w, lo, hi = 20, 30, 0.25, 1.5
-    head = BoxHead(in_features=6, image_size=(h, w), num_boxes=3, min_scale=lo, max_scale=hi, anisotropic=anisotropic)
+    head = BoxHead(
+        in_features=6, image_size=(h, w), num_boxes=3, min_scale=lo, max_scale=hi, anisotropic=anisotropic
+    )
     torch.nn.init.normal_(head.linear.weight, std=10.0)
     feats = torch.cat([torch.randn(64, 6) * 1e4, torch.zeros(1, 6), torch.full((1, 6), 1e30)])
     boxes = head(feats)
@@ -169,9 +190,18 @@ def test_classification_loss_trains_the_localizer(cls):
 @pytest.mark.parametrize("fusion", ["concat", "mean"])
 def test_multi_glimpse_retina(fusion):
     box_head = lambda **kw: BoxHead(init_scale=[1.0, 0.5, 0.8], **kw)  # noqa: E731
-    model = MultiGlimpseModel(box_head=box_head, num_glimpses=3, retina_scales=[1, 2, 4], fusion=fusion,
-                              glimpse_size=(12, 12), in_channels=3, num_classes=7, image_size=(32, 32),
-                              mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    model = MultiGlimpseModel(
+        box_head=box_head,
+        num_glimpses=3,
+        retina_scales=[1, 2, 4],
+        fusion=fusion,
+        glimpse_size=(12, 12),
+        in_channels=3,
+        num_classes=7,
+        image_size=(32, 32),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
     assert model.classifier.trunk[0].in_channels == 9  # 3 levels x 3 channels
     assert model.head.in_features == model.classifier.feature_dim * (3 if fusion == "concat" else 1)
     out = model(images(b=2, c=3, h=32, w=32))
@@ -189,8 +219,14 @@ def test_multi_glimpse_retina(fusion):
 
 def test_context_dropout_blanks_the_surround_of_some_training_images_only():
     torch.manual_seed(0)
-    model = MultiGlimpseModel(num_glimpses=2, retina_scales=[1, 2], context_dropout=0.5, glimpse_size=(8, 8),
-                              classifier=lambda **kw: DigitNet(widths=(4, 8), **kw), **MNIST)
+    model = MultiGlimpseModel(
+        num_glimpses=2,
+        retina_scales=[1, 2],
+        context_dropout=0.5,
+        glimpse_size=(8, 8),
+        classifier=lambda **kw: DigitNet(widths=(4, 8), **kw),
+        **MNIST,
+    )
     seen = []
     model.classifier.trunk.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
     x = images(b=64)
@@ -219,7 +255,9 @@ def test_multi_glimpse_mean_fusion_needs_distinct_starts():
 # -- backbones ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls,size", [(DigitNet, (28, 28)), (DigitNet, (12, 20)), (CifarNet, (32, 32)), (CifarNet, (16, 24))])
+@pytest.mark.parametrize(
+    "cls,size", [(DigitNet, (28, 28)), (DigitNet, (12, 20)), (CifarNet, (32, 32)), (CifarNet, (16, 24))]
+)
 def test_backbones_adapt_to_the_input_size(cls, size):
     net = cls(in_channels=2, num_classes=6, input_size=size)
     x = torch.randn(3, 2, *size)
@@ -242,8 +280,15 @@ def compose_model(name):
         return compose(config_name=name)
 
 
-@pytest.mark.parametrize("name,cls", [("attention", AttentionModel), ("affine_stn", AffineSTN),
-                                      ("multi_glimpse", MultiGlimpseModel), ("cnn", CNNModel)])
+@pytest.mark.parametrize(
+    "name,cls",
+    [
+        ("attention", AttentionModel),
+        ("affine_stn", AffineSTN),
+        ("multi_glimpse", MultiGlimpseModel),
+        ("cnn", CNNModel),
+    ],
+)
 def test_real_configs_instantiate(name, cls):
     model = instantiate(compose_model(name), **MNIST)
     assert type(model) is cls
@@ -256,8 +301,12 @@ def test_real_configs_instantiate(name, cls):
 
 def test_configs_mirror_the_class_defaults():
     """No sub-config given and the configs agree: the defaults inside the classes are the configs'."""
-    for name, cls in [("attention", AttentionModel), ("cnn", CNNModel), ("multi_glimpse", MultiGlimpseModel),
-                      ("affine_stn", AffineSTN)]:
+    for name, cls in [
+        ("attention", AttentionModel),
+        ("cnn", CNNModel),
+        ("multi_glimpse", MultiGlimpseModel),
+        ("affine_stn", AffineSTN),
+    ]:
         assert n_params(instantiate(compose_model(name), **MNIST)) == n_params(cls(**MNIST)), name
 
 
@@ -328,5 +377,7 @@ def test_geometry_stays_float32_under_autocast(cls):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(images(b=2))
     assert out["boxes"].dtype == torch.float32 and out["glimpses"].dtype == torch.float32
-    torch.testing.assert_close(out["boxes"], torch.tensor([0.0, 0.0, 28.0, 28.0]).expand_as(out["boxes"]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        out["boxes"], torch.tensor([0.0, 0.0, 28.0, 28.0]).expand_as(out["boxes"]), atol=1e-5, rtol=0
+    )
     out["logits"].float().sum().backward()

