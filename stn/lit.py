@@ -69,6 +69,8 @@ class GlimpseClassifier(L.LightningModule):
             linearly from 0, so the localizer learns where the object is before boxes shrink (a
             full-strength penalty from the first step can shrink them onto nothing).
         nonfinite_check_every: check the loss for NaN/Inf every this many steps (a host sync).
+        compile: compile the model with ``torch.compile`` when fitting starts (``nn.Module.compile``
+            in place, so checkpoints keep the same state-dict keys as an eager run).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class GlimpseClassifier(L.LightningModule):
         box_area_weight: float = 0.0,
         box_area_warmup: float = 0.0,
         nonfinite_check_every: int = 20,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if loc_lr_mult < 0:
@@ -107,6 +110,10 @@ class GlimpseClassifier(L.LightningModule):
         self.val_acc_best = MaxMetric()
         self.val_iou, self.test_iou = BoxIoU(), BoxIoU()
         self._nonfinite = torch.zeros((), dtype=torch.bool)
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.compile and stage == "fit":
+            self.model.compile()
 
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
         return self.model(images)
