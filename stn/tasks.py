@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
-import json
+import gc
 import logging
 import math
+import signal
+import threading
 import time
+import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from stn import sweep
 from stn.callbacks import SaveConfig
 from stn.data.base import DataMissingError, TensorDataModule
+from stn.logs import MODEL_SECTIONS, hyperparameters, is_rank_zero, log_hparams_with_metrics, write_metrics
+from stn.sweep_jobs import WALL_TIME
 
 log = logging.getLogger(__name__)
-
-# Sections of the config that define what a checkpoint contains; eval.py rebuilds them.
-MODEL_SECTIONS = ("data", "model", "module")
+# Tracebacks of failed runs: to the run's train.log only (configs/hydra/default.yaml).
+traceback_log = logging.getLogger("stn.traceback")
+# Mistakes in a command, config or data folder: reported in one line, without a traceback.
+USER_ERRORS = (DataMissingError,)
 
 
 def instantiate_all(section: Optional[DictConfig]) -> List[Any]:
@@ -58,36 +65,6 @@ def _floats(metrics: Dict[str, Any]) -> Dict[str, float]:
     return {k: float(v) for k, v in sorted(metrics.items()) if isinstance(v, (int, float, torch.Tensor))}
 
 
-@rank_zero_only
-def write_metrics(output_dir: str, metrics: Dict[str, Any]) -> Path:
-    """Write ``metrics.json`` (floats; NaN as null) in the run's output folder."""
-    path = Path(output_dir) / "metrics.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-    path.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
-    return path
-
-
-def hyperparameters(cfg: DictConfig) -> Dict[str, Any]:
-    """Flat ``section/key`` hyperparameters of the run, for TensorBoard's HParams tab."""
-    flat: Dict[str, Any] = {"seed": cfg.get("seed")}
-    for section in MODEL_SECTIONS + ("trainer",):
-        if cfg.get(section) is None:
-            continue
-        container = OmegaConf.to_container(cfg[section], resolve=True)
-        stack = [(section, container)]
-        while stack:
-            prefix, node = stack.pop()
-            for k, v in node.items():
-                if isinstance(v, dict):
-                    stack.append((f"{prefix}/{k}", v))
-                else:
-                    flat[f"{prefix}/{k}"] = (
-                        v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
-                    )
-    return flat
-
-
 def train(cfg: DictConfig) -> Dict[str, float]:
     """Fit, then test the best checkpoint; write ``metrics.json``; return the final metrics."""
     start = time.time()
@@ -112,9 +89,9 @@ def train(cfg: DictConfig) -> Dict[str, float]:
             best = cfg.get("ckpt_path")
         trainer.test(module, datamodule=datamodule, ckpt_path=best)
         metrics.update(_floats(trainer.callback_metrics))
-    metrics["time/wall_s"] = time.time() - start
-    sweep.log_hparams_with_metrics(trainer, cfg, metrics)
-    write_metrics(cfg.paths.output_dir, {**metrics, "status": "ok", "tested_checkpoint": best})
+    metrics[WALL_TIME] = time.time() - start
+    log_hparams_with_metrics(trainer, cfg, metrics)
+    write_metrics(cfg.paths.output_dir, metrics, status="ok", tested_checkpoint=best)
     return metrics
 
 
@@ -145,7 +122,10 @@ def best_checkpoint(trainer: L.Trainer, resumed_from: Optional[str]) -> str:
 
 
 def evaluate(cfg: DictConfig) -> Dict[str, float]:
-    """Rebuild data and model from a checkpoint, test them, write ``metrics.json``, return metrics."""
+    """Rebuild data and model from a checkpoint, test them, write ``metrics.json``, return metrics.
+
+    Prints the checkpoint's results-table row (:func:`result_row`).
+    """
     path = Path(cfg.ckpt_path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
@@ -163,7 +143,9 @@ def evaluate(cfg: DictConfig) -> Dict[str, float]:
     trainer = build_trainer(cfg)
     trainer.test(module, datamodule=datamodule)
     metrics = _floats(trainer.callback_metrics)
-    write_metrics(cfg.paths.output_dir, {**metrics, "status": "ok", "tested_checkpoint": str(path)})
+    write_metrics(cfg.paths.output_dir, metrics, status="ok", tested_checkpoint=str(path))
+    if is_rank_zero():
+        print(result_row(path.name, metrics))
     return metrics
 
 
@@ -175,25 +157,131 @@ def result_row(name: str, metrics: Dict[str, float]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def run_task(task, cfg: DictConfig) -> Optional[float]:
-    """Run ``train`` or ``evaluate`` for an entry point.
+# -- running a task for an entry point: its status, failures, the sweeper's value -----------------
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM (a scheduler or ``kill`` stopping the run)."""
 
-    Data that is missing stops the run with one message instead of a traceback. Returns the
-    metric named by ``cfg.optimized_metric`` (NaN when absent), for sweepers; ``eval.py`` also
-    prints the results-table row of the checkpoint. In a multirun (stn/sweep.py) a job that raises
-    is recorded as failed (``metrics.json`` ``status``/``error``, traceback in its log) and returns
-    None, so the sweep goes on; a job without a finite metric also returns None.
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun (``-m``, ``hparams_search=...``).
+
+    False when Hydra is not initialized (``stn.tasks.train`` called directly, as in tests).
+    """
+    if not HydraConfig.initialized():
+        return False
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # a partial hydra config
+        return False
+
+
+def error_text(err: BaseException) -> str:
+    """``"<type>: <message>"`` of an exception."""
+    message = str(err).strip()
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+
+
+def _chain(err: BaseException) -> List[BaseException]:
+    """``err`` and the exceptions it was raised from or while handling."""
+    found: List[BaseException] = []
+    while err is not None and all(err is not e for e in found):
+        found.append(err)
+        err = err.__cause__ or err.__context__
+    return found
+
+
+def run_status(err: BaseException) -> str:
+    """The ``metrics.json`` status of a run that raised ``err``: interrupted, diverged or failed.
+
+    ``interrupted``: Ctrl-C or SIGTERM. Lightning turns a Ctrl-C during ``fit``/``test`` into
+    ``sys.exit(1)`` raised while it handles the KeyboardInterrupt, and a SIGTERM into its
+    ``SIGTERMException``: both are found in the exception's chain. ``diverged``: a
+    FloatingPointError (stn.lit.NonFiniteLossError is one). ``failed``: anything else.
+    """
+    chain = _chain(err)
+    if any(isinstance(e, (KeyboardInterrupt, SIGTERMException)) for e in chain):
+        return "interrupted"
+    if any(isinstance(e, FloatingPointError) for e in chain):
+        return "diverged"
+    return "failed"
+
+
+def record_failure(cfg: DictConfig, err: BaseException, status: str, wall_s: float) -> str:
+    """Record a run that raised: one log line, its traceback in the run's log, ``metrics.json``.
+
+    ``metrics.json`` gets ``status``, ``"error": "<type>: <message>"`` and ``time/wall_s``. The
+    traceback goes to the logger ``stn.traceback``, which configs/hydra/default.yaml sends to the
+    run's ``train.log`` only (the console gets the one line, and Hydra's own report where the
+    error propagates); user mistakes (:data:`USER_ERRORS`) need no traceback. Returns the error text.
+    """
+    text = error_text(err)
+    where = "the sweep goes on" if in_multirun() and status != "interrupted" else "stopping"
+    log.error("Run %s (%s): %s", status, where, text)
+    if not isinstance(err, USER_ERRORS):
+        traceback_log.error("%s run:", status.capitalize(), exc_info=(type(err), err, err.__traceback__))
+    write_metrics(cfg.paths.output_dir, {WALL_TIME: wall_s}, status=status, error=text)
+    return text
+
+
+def release(err: BaseException) -> None:
+    """Free what a failed job held (the traceback's frames hold the trainer, model and batches)."""
+    traceback.clear_frames(err.__traceback__)
+    err.__traceback__ = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def sweeper_value(value: Any) -> Optional[float]:
+    """What a job returns to the sweeper: the optimized metric, or None when it is not a finite number.
+
+    In a multirun a missing or NaN metric becomes None. hydra-optuna-sweeper 1.3.0 with optuna
+    2.10 aborts the whole study when a job returns NaN (optuna rejects NaN in ``study.tell``, and
+    the sweeper's retry with ``state=FAIL`` still passes the NaN: hydra issue #2237, fixed upstream
+    by PR #3451 but not released); a value that is not float-castable is recorded as a FAIL trial
+    and the study goes on. Hydra's basic (grid) sweeper ignores return values. Outside a multirun
+    the value is returned as is (NaN when missing).
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if in_multirun() and not math.isfinite(number):
+        return None
+    return number
+
+
+def run_task(task: Callable[[DictConfig], Dict[str, float]], cfg: DictConfig) -> Optional[float]:
+    """Run ``train`` or ``evaluate`` for an entry point; return the optimized metric for sweepers.
+
+    Returns the metric named by ``cfg.optimized_metric`` (NaN when absent; None in a multirun when
+    it is not finite). A run that raises writes ``metrics.json`` with its status (see
+    :func:`run_status`) and error and logs its traceback to ``train.log`` (:func:`record_failure`);
+    then Ctrl-C and SIGTERM stop the run (and a sweep); in a multirun any other failure returns
+    None, so the sweep goes on; a single run ends with exit status 1: one line for a user mistake
+    or a divergence, the error re-raised for anything else.
     """
     start = time.time()
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
     try:
         metrics = task(cfg)
-    except Exception as err:
-        if sweep.in_multirun():
-            return sweep.record_failure(cfg, err, time.time() - start)
-        if isinstance(err, DataMissingError):
-            log.error(str(err))
+    except BaseException as err:
+        status = run_status(err)
+        record_failure(cfg, err, status, time.time() - start)
+        if status == "interrupted":
+            raise
+        if in_multirun():
+            release(err)
+            return None
+        if status == "diverged" or isinstance(err, USER_ERRORS):
             raise SystemExit(1) from None
         raise
-    if task is evaluate:
-        print(result_row(Path(cfg.ckpt_path).name, metrics))
-    return sweep.sweeper_value(metrics.get(cfg.get("optimized_metric") or "", float("nan")))
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+    return sweeper_value(metrics.get(cfg.get("optimized_metric") or "", float("nan")))

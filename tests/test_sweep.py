@@ -11,9 +11,11 @@ import csv
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from stn import sweep
+from stn import sweep, sweep_jobs, tasks
 from stn.data.base import DataMissingError
 from stn.tasks import run_task
 
@@ -96,8 +98,8 @@ def test_group_by_seed_mean_std_median():
         row("4", "1", "1", 0.5),
         row("5", "1", "2", None, status="failed"),
     ]
-    assert sweep.has_seed_repeats(rows)
-    groups = sweep.group_by_seed(rows, ["val/acc"])
+    assert sweep_jobs.has_seed_repeats(rows)
+    groups = sweep_jobs.group_by_seed(rows, ["val/acc"])
     assert [g["overrides"] for g in groups] == [{"module.optimizer.lr": "0.1"}, {"module.optimizer.lr": "1"}]
     a, b = groups
     assert (a["n"], a["n_failed"], a["seeds"], a["jobs"]) == (
@@ -116,7 +118,7 @@ def test_group_by_seed_mean_std_median():
     assert (b["n"], b["n_failed"], b["seeds"]) == (1, 1, ["1", "2"])
     assert b["stats"]["val/acc"] == {"mean": 0.5, "std": None, "median": 0.5, "n": 1}
     # no seed override, or every configuration once: nothing to group
-    assert not sweep.has_seed_repeats([row("0", "0.1", "1", 0.5), row("1", "1", "1", 0.6)])
+    assert not sweep_jobs.has_seed_repeats([row("0", "0.1", "1", 0.5), row("1", "1", "1", 0.6)])
 
 
 # -- summaries of hand-written sweep folders -------------------------------------------------------
@@ -247,14 +249,14 @@ def _cfg(out: Path, optimized_metric: str = "val/acc_best"):
 
 
 def test_run_task_records_a_failed_job_in_a_multirun(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(sweep, "in_multirun", lambda: True)
+    monkeypatch.setattr(tasks, "in_multirun", lambda: True)
 
     def diverges(cfg):
         raise FloatingPointError("loss became NaN")
 
     assert run_task(diverges, _cfg(tmp_path / "a")) is None
     saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert saved["status"] == "failed" and saved["error"] == "FloatingPointError: loss became NaN"
+    assert saved["status"] == "diverged" and saved["error"] == "FloatingPointError: loss became NaN"
     assert saved["time/wall_s"] >= 0
     assert "Traceback" in caplog.text and "loss became NaN" in caplog.text
 
@@ -262,8 +264,16 @@ def test_run_task_records_a_failed_job_in_a_multirun(tmp_path, monkeypatch, capl
         raise DataMissingError("MNIST", Path("/nowhere"), "a hint", downloadable=False)
 
     assert run_task(missing, _cfg(tmp_path / "b")) is None
-    error = json.loads((tmp_path / "b" / "metrics.json").read_text())["error"]
-    assert error.startswith("DataMissingError: MNIST not found in /nowhere.\na hint")
+    saved = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert saved["status"] == "failed"
+    assert saved["error"].startswith("DataMissingError: MNIST not found in /nowhere.\na hint")
+
+    def breaks(cfg):
+        raise RuntimeError("CUDA out of memory")
+
+    assert run_task(breaks, _cfg(tmp_path / "g")) is None
+    saved = json.loads((tmp_path / "g" / "metrics.json").read_text())
+    assert saved["status"] == "failed" and saved["error"] == "RuntimeError: CUDA out of memory"
 
     # a successful job: status ok, the metric for the sweeper; None when it is missing or NaN
     assert run_task(lambda cfg: {"val/acc_best": 0.5}, _cfg(tmp_path / "c")) == 0.5
@@ -276,17 +286,20 @@ def test_run_task_records_a_failed_job_in_a_multirun(tmp_path, monkeypatch, capl
 
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C stops the sweep
         run_task(interrupted, _cfg(tmp_path / "f"))
+    assert json.loads((tmp_path / "f" / "metrics.json").read_text())["status"] == "interrupted"
 
 
-def test_run_task_raises_outside_a_multirun(tmp_path):
-    assert not sweep.in_multirun()
+def test_run_task_records_a_failed_single_run(tmp_path):
+    assert not tasks.in_multirun()
 
     def diverges(cfg):
         raise FloatingPointError("loss became NaN")
 
-    with pytest.raises(FloatingPointError):
+    with pytest.raises(SystemExit) as exit_info:  # the divergence message, no traceback
         run_task(diverges, _cfg(tmp_path / "a"))
-    assert not (tmp_path / "a" / "metrics.json").exists()
+    assert exit_info.value.code == 1
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert saved["status"] == "diverged" and saved["error"] == "FloatingPointError: loss became NaN"
 
     def missing(cfg):
         raise DataMissingError("MNIST", Path("/nowhere"), "a hint", downloadable=False)
@@ -294,7 +307,36 @@ def test_run_task_raises_outside_a_multirun(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         run_task(missing, _cfg(tmp_path / "b"))
     assert exit_info.value.code == 1
-    assert math.isnan(run_task(lambda cfg: {"val/acc": 0.5}, _cfg(tmp_path / "c")))
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["status"] == "failed"
+
+    def breaks(cfg):
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):  # a bug keeps its traceback
+        run_task(breaks, _cfg(tmp_path / "c"))
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["error"] == "RuntimeError: a bug"
+
+    def ctrl_c_in_lightning(cfg):
+        # Lightning's trainer turns a Ctrl-C into sys.exit(1) inside its except KeyboardInterrupt
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            sys.exit(1)
+
+    with pytest.raises(SystemExit):
+        run_task(ctrl_c_in_lightning, _cfg(tmp_path / "d"))
+    assert json.loads((tmp_path / "d" / "metrics.json").read_text())["status"] == "interrupted"
+
+    def sigterm(cfg):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+
+    with pytest.raises(KeyboardInterrupt):
+        run_task(sigterm, _cfg(tmp_path / "e"))
+    saved = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert saved["status"] == "interrupted" and "SIGTERM" in saved["error"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handler is back
+    assert math.isnan(run_task(lambda cfg: {"val/acc": 0.5}, _cfg(tmp_path / "f")))
 
 
 def test_in_multirun_reads_the_hydra_mode():
@@ -306,14 +348,14 @@ def test_in_multirun_reads_the_hydra_mode():
         }
     try:
         HydraConfig.instance().set_config(cfgs["MULTIRUN"])
-        assert sweep.in_multirun()
+        assert tasks.in_multirun()
         HydraConfig.instance().set_config(cfgs["RUN"])
-        assert not sweep.in_multirun()
+        assert not tasks.in_multirun()
         callbacks = cfgs["RUN"].hydra.callbacks
         assert callbacks.sweep_summary._target_ == "stn.sweep.SweepSummary"
     finally:
         HydraConfig.instance().cfg = None
-    assert not sweep.in_multirun()
+    assert not tasks.in_multirun()
 
 
 @needs_optuna
@@ -385,7 +427,7 @@ def test_grid_sweep_goes_on_after_failed_jobs_and_writes_the_summary(tmp_path, t
 
     rows = read_csv(s / "summary.csv")
     assert len(rows) == 4
-    assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "diverged", "diverged"]
     assert {(r["model"], r["module.optimizer.lr"]) for r in rows[:2]} == {
         ("attention", "0.001"),
         ("cnn", "0.001"),
@@ -406,11 +448,11 @@ def test_grid_sweep_goes_on_after_failed_jobs_and_writes_the_summary(tmp_path, t
         assert r["error"].startswith("NonFiniteLossError: training loss became NaN/Inf"), r["error"]
         assert r["val/acc_best"] == "" and float(r["time/wall_s"]) > 0
         saved = json.loads((jobs[r["job"]] / "metrics.json").read_text())
-        assert saved["status"] == "failed" and saved["error"] == r["error"]
+        assert saved["status"] == "diverged" and saved["error"] == r["error"]
         log_text = (jobs[r["job"]] / "train.log").read_text()
         assert "Traceback" in log_text and "NonFiniteLossError" in log_text
     md = (s / "summary.md").read_text()
-    assert "4 jobs (2 ok, 2 failed)" in md and "| model | module.optimizer.lr |" in md
+    assert "4 jobs (2 ok, 2 diverged)" in md and "| model | module.optimizer.lr |" in md
     assert not (s / "summary_grouped.csv").exists()
 
     # TensorBoard HParams: every hyperparameter beside the final metrics, per ok job
@@ -456,10 +498,10 @@ def test_optuna_search_goes_on_after_a_failed_trial(tmp_path, tiny_mnist_dir):
     statuses = {r["module.optimizer.lr"]: set() for r in rows}
     for r in rows:
         statuses[r["module.optimizer.lr"]].add(r["status"])
-    assert statuses.get("1e+30") == {"failed"} and statuses.get("0.001") == {"ok"}, (
+    assert statuses.get("1e+30") == {"diverged"} and statuses.get("0.001") == {"ok"}, (
         f"expected both lr values among the trials, got {statuses}: pick another hydra.sweeper.sampler.seed"
     )
-    assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "diverged"]
     for key in ("module.loc_lr_mult", "model.box_head.min_scale", "model.glimpse_size"):
         assert all(r[key] for r in rows), key  # sampled by optuna, one column each
     assert all(0.01 <= float(r["module.loc_lr_mult"]) <= 1.0 for r in rows)
@@ -467,4 +509,4 @@ def test_optuna_search_goes_on_after_a_failed_trial(tmp_path, tiny_mnist_dir):
     assert results["best_value"] == pytest.approx(float(rows[0]["val/acc_best"]))
     assert results["best_params"]["module.optimizer.lr"] == pytest.approx(1e-3)
     md = (s / "summary.md").read_text()
-    assert "3 jobs (2 ok, 1 failed)" in md and "Optuna best value" in md
+    assert "3 jobs (2 ok, 1 diverged)" in md and "Optuna best value" in md
