@@ -78,7 +78,7 @@ class TensorSplit:
         )
 
 
-def _mix(*values: int) -> int:
+def derive_seed(*values: int) -> int:
     """A seed from several integers, the same on every run and machine."""
     out = 0
     for v in values:
@@ -154,10 +154,10 @@ class TensorLoader:
         epoch = self.epoch_fn() if self.epoch_fn is not None else self._calls
         self._calls += 1
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(_mix(self.seed, epoch, self.rank))
+        gen.manual_seed(derive_seed(self.seed, epoch, self.rank))
         n = len(self.split)
         if self.shuffle:
-            perm_gen = torch.Generator().manual_seed(_mix(self.seed, epoch))
+            perm_gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
             order = torch.randperm(n, generator=perm_gen).to(self.device)
         else:
             order = torch.arange(n, device=self.device)

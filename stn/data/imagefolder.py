@@ -34,7 +34,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.transforms.v2 import functional as TF
 
 from .augment import CropFlip
-from .base import Batch, BatchTransform, DataMissingError, TensorDataModule, TensorSplit, _mix
+from .base import Batch, BatchTransform, DataMissingError, TensorDataModule, TensorSplit, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class StreamLoader:
         self._calls += 1
         self.sampler.set_epoch(epoch)
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(_mix(self.seed, epoch, self.rank))
+        gen.manual_seed(derive_seed(self.seed, epoch, self.rank))
         for images, labels in self.loader:
             batch = {
                 "image": images.to(self.device, non_blocking=True),

@@ -4,7 +4,7 @@ Plain PyTorch: no Lightning, no Hydra, no I/O. Box convention: pixel ``(x1, y1, 
 pixel ``i`` spanning ``[i, i + 1)``; the whole image is ``(0, 0, W, H)``.
 """
 
-from .affine import affine_glimpse, box_affine_theta, box_rotation_theta
+from .affine import affine_glimpse, affine_grid, box_affine_theta, box_rotation_theta
 from .boxes import (
     box_convert,
     boxes_to_theta,
@@ -18,6 +18,7 @@ from .paste import paste
 
 __all__ = [
     "affine_glimpse",
+    "affine_grid",
     "box_affine_theta",
     "box_convert",
     "box_rotation_theta",

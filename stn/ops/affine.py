@@ -24,7 +24,7 @@ from ._checks import Size2, check_box_tensor, check_images, check_indices, check
 from .boxes import boxes_to_theta
 from .paste import _layers
 
-__all__ = ["affine_glimpse", "box_affine_theta", "box_rotation_theta"]
+__all__ = ["affine_glimpse", "affine_grid", "box_affine_theta", "box_rotation_theta"]
 
 Fill = Union[float, Sequence[float], Tensor]
 
@@ -147,12 +147,30 @@ def _flatten_theta(
 # sampling
 
 
-def _affine_grid(theta: Tensor, h: int, w: int) -> Tensor:
-    """``F.affine_grid(theta, (N, *, h, w), align_corners=False)`` for (N, 2, 3) theta.
+def affine_grid(theta: Tensor, size: Size2) -> Tensor:
+    """``F.affine_grid(theta, (N, C, h, w), align_corners=False)`` for (N, 2, 3) theta.
 
-    Elementwise rather than a batched matmul: it accepts N = 0 (affine_grid does not) and never
-    runs in TF32.
+    Args:
+        theta: (N, 2, 3) floating point, mapping normalized output ``(x, y, 1)`` to normalized
+            input coordinates (see the module docstring).
+        size: output ``(h, w)`` (an int means square).
+
+    Returns:
+        (N, h, w, 2) sampling points ``(x, y)`` for ``F.grid_sample(..., align_corners=False)``:
+        output pixel ``(i, j)`` has centre ``x = (2j + 1) / w - 1``, ``y = (2i + 1) / h - 1``.
+
+    Elementwise rather than a batched matmul: it accepts N = 0 (affine_grid does not), never runs
+    in TF32, and is several times faster on the CPU at glimpse sizes.
+
+    Example:
+        >>> affine_grid(torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]]), (1, 2))
+        tensor([[[[-0.5000,  0.0000],
+                  [ 0.5000,  0.0000]]]])
     """
+    _check_theta(theta)
+    if theta.dim() != 3:
+        raise ValueError(f"theta must be (N, 2, 3), got shape {tuple(theta.shape)}")
+    h, w = check_size(size)
     xs = (torch.arange(w, dtype=theta.dtype, device=theta.device) * 2 + 1) / w - 1
     ys = (torch.arange(h, dtype=theta.dtype, device=theta.device) * 2 + 1) / h - 1
     t = theta[:, :, :, None, None]  # (N, 2, 3, 1, 1)
@@ -251,10 +269,10 @@ def affine_glimpse(
     if len(lead) == 2:
         # (B, K): stack the K grids of each image vertically and sample each image once.
         k = lead[1]
-        grid = _affine_grid(theta.reshape(batch * k, 2, 3), h, w).reshape(batch, k * h, w, 2)
+        grid = affine_grid(theta.reshape(batch * k, 2, 3), (h, w)).reshape(batch, k * h, w, 2)
         src = images
     else:
-        grid = _affine_grid(theta, h, w)
+        grid = affine_grid(theta, (h, w))
         src = images if idx is None else images.index_select(0, idx)
 
     out = F.grid_sample(src, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)

@@ -19,7 +19,6 @@ from stn.data.synthetic import (
     ClutteredMNISTDataModule,
     DistortedMNISTDataModule,
     TranslatedMNISTDataModule,
-    _convex,
     add_clutter,
     clutter,
     distort,
@@ -29,6 +28,7 @@ from stn.data.synthetic import (
     tight_boxes,
     translate,
 )
+from stn.data.synthetic.distortions import is_convex
 
 N_TRAIN, N_TEST, VAL = 240, 60, 40
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -207,7 +207,7 @@ def test_distortion_recipes(distortion):
         assert off.shape == (400, 4, 2) and 4.0 < off.std().item() < 6.0 and abs(off.mean().item()) < 0.5
         corners = torch.tensor([[0.0, 0], [28, 0], [28, 28], [0, 28]])
         quads = 14 + (corners - 14) * scale[:, None, None] + off
-        assert _convex(quads, 0.1).all()  # folded and nearly folded draws were redrawn
+        assert is_convex(quads, 0.1).all()  # folded and nearly folded draws were redrawn
     if distortion == "e":
         disp = out.params["displacement"]
         assert disp.shape == (400, 2, 28, 28)
