@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, List, Optional
 
 import lightning as L
@@ -12,7 +13,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-from stn.lit import NonFiniteLossError
+from stn.lit import NonFiniteLossError, nonfinite_tensors
+
+log = logging.getLogger(__name__)
 
 PRED_COLOR = "red"
 TRUE_COLOR = "lime"
@@ -47,6 +50,9 @@ def draw_boxes(images: Tensor, pred: Optional[Tensor], true: Optional[Tensor], s
             colors += [PRED_COLOR] * len(p)
         if boxes:
             b = (torch.cat(boxes).float().cpu() * scale).round()
+            # a diverging model's NaN/Inf boxes are left out, not drawn
+            finite = torch.isfinite(b).all(1)
+            b, colors = b[finite], [c for c, keep in zip(colors, finite.tolist()) if keep]
             # draw_bounding_boxes wants x2 >= x1 and boxes inside the picture.
             b = torch.stack(
                 [
@@ -59,7 +65,8 @@ def draw_boxes(images: Tensor, pred: Optional[Tensor], true: Optional[Tensor], s
             )
             b[:, 0::2] = b[:, 0::2].clamp(0, img.shape[-1] - 1)
             b[:, 1::2] = b[:, 1::2].clamp(0, img.shape[-2] - 1)
-            img = draw_bounding_boxes(img, b, colors=colors, width=max(1, scale // 2))
+            if len(b):
+                img = draw_bounding_boxes(img, b, colors=colors, width=max(1, scale // 2))
         drawn.append(img)
     return drawn
 
@@ -140,8 +147,9 @@ class GlimpseImages(L.Callback):
             nrow = g.shape[1] if g.dim() == 5 else self.nrow
             g = g.reshape(-1, *g.shape[-3:]).clamp(0, 1).cpu()
             writer.add_image(f"{stage}/glimpses", make_grid(g, nrow=nrow, padding=1, pad_value=0.5), step)
-        if stats:
-            s = torch.cat(stats)
+        s = torch.cat(stats) if stats else torch.empty(0, 3)
+        s = s[torch.isfinite(s).all(1)]  # a histogram of NaN/Inf boxes has no bins
+        if len(s):
             for i, name in enumerate(("box_center_x", "box_center_y", "box_scale")):
                 writer.add_histogram(f"{stage}/{name}", s[:, i], step)
 
@@ -168,9 +176,13 @@ class SaveConfig(L.Callback):
 
 class LatestCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that keeps ``last.ckpt`` resumable: saved after every epoch and when a
-    run crashes or is interrupted, but not when training diverged (NaN/Inf loss), so the file
-    keeps the last finite weights instead of the diverged ones."""
+    run crashes or is interrupted, but not when training diverged (NaN/Inf loss, parameters or
+    buffers), whatever the exception was, so the file keeps the last finite weights."""
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if not isinstance(exception, NonFiniteLossError):
-            super().on_exception(trainer, pl_module, exception)
+        if isinstance(exception, NonFiniteLossError) or nonfinite_tensors(pl_module):
+            log.warning(
+                "not saving %s on %s: the weights are not finite", self.dirpath, type(exception).__name__
+            )
+            return
+        super().on_exception(trainer, pl_module, exception)

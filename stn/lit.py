@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, Optional
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerStatus
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
@@ -37,7 +38,21 @@ def one_cycle(
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training diverged: the loss became NaN or Inf."""
+    """Training diverged: the loss, a parameter or a buffer became NaN or Inf."""
+
+
+def nonfinite_tensors(module: nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers of ``module`` holding a NaN or Inf.
+
+    One reduction per tensor on its device and a single host sync for all of them.
+    """
+    named = [
+        (n, t) for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_floating_point()
+    ]
+    if not named:
+        return []
+    bad = torch.stack([~torch.isfinite(t.detach()).all().cpu() for _, t in named]).tolist()
+    return [n for (n, _), b in zip(named, bad) if b]
 
 
 class GlimpseClassifier(L.LightningModule):
@@ -68,7 +83,10 @@ class GlimpseClassifier(L.LightningModule):
         box_area_warmup: fraction of the training steps over which ``box_area_weight`` ramps up
             linearly from 0, so the localizer learns where the object is before boxes shrink (a
             full-strength penalty from the first step can shrink them onto nothing).
-        nonfinite_check_every: check the loss for NaN/Inf every this many steps (a host sync).
+        nonfinite_check_every: also stop as soon as the loss became NaN/Inf, checked every this
+            many steps (a host sync). Every step's loss goes into a flag on the device either way,
+            and that flag, the parameters and the buffers are checked before each validation and
+            each checkpoint save, so neither ever sees a diverged model.
         compile: compile the model with ``torch.compile`` when fitting starts (``nn.Module.compile``
             in place, so checkpoints keep the same state-dict keys as an eager run).
     """
@@ -145,6 +163,7 @@ class GlimpseClassifier(L.LightningModule):
 
     def training_step(self, batch: Dict[str, Tensor], batch_idx: int) -> Tensor:
         loss, out = self._shared_step(batch, train=True)
+        # no host sync here: the flag stays on the device until a check reads it
         self._nonfinite = self._nonfinite.to(loss.device) | ~torch.isfinite(loss.detach())
         if (batch_idx + 1) % self.hparams.nonfinite_check_every == 0:
             self._raise_if_nonfinite()
@@ -157,13 +176,34 @@ class GlimpseClassifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._raise_if_nonfinite()
 
-    def _raise_if_nonfinite(self) -> None:
-        if bool(self._nonfinite):
-            raise NonFiniteLossError(
-                f"training loss became NaN/Inf by epoch {self.current_epoch}, step {self.global_step}: "
-                "the run diverged. Lower the learning rate (module.optimizer.lr) or the "
-                "localization LR multiplier (module.loc_lr_mult)."
-            )
+    def _raise_if_nonfinite(self, state: bool = False, sync: bool = False) -> None:
+        """Raise :class:`NonFiniteLossError` if a training loss so far was NaN/Inf or, with
+        ``state``, a parameter or buffer is. ``sync``: decide together with the other ranks."""
+        lossbad = bool(self._nonfinite)
+        tensors = nonfinite_tensors(self) if state else []
+        diverged = lossbad or bool(tensors)
+        if sync and self._trainer is not None:
+            diverged = self.trainer.strategy.reduce_boolean_decision(diverged, all=False)
+        if not diverged:
+            return
+        what = "training loss became NaN/Inf" if lossbad else "parameters/buffers became NaN/Inf"
+        if tensors:
+            shown = ", ".join(tensors[:5]) + (f" and {len(tensors) - 5} more" if len(tensors) > 5 else "")
+            what += f" ({shown})" if not lossbad else f" (and parameters/buffers: {shown})"
+        raise NonFiniteLossError(
+            f"{what} by epoch {self.current_epoch}, step {self.global_step}: the run diverged. Lower the "
+            "learning rate (module.optimizer.lr) or the localization LR multiplier (module.loc_lr_mult)."
+        )
+
+    def on_validation_start(self) -> None:
+        # validation (and the checkpoints it triggers) must never see a diverged model
+        self._raise_if_nonfinite(state=True, sync=True)
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        # every save goes through here: no checkpoint ever holds NaN/Inf weights or statistics
+        # (ranks decide together, except in the crash handler, where the other ranks may not save)
+        running = self._trainer is not None and self.trainer.state.status == TrainerStatus.RUNNING
+        self._raise_if_nonfinite(state=True, sync=running)
 
     def _eval_step(self, stage: str, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
         loss, out = self._shared_step(batch)
