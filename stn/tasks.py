@@ -24,12 +24,13 @@ from stn.callbacks import SaveConfig
 from stn.data.base import DataMissingError, TensorDataModule
 from stn.logs import MODEL_SECTIONS, hyperparameters, is_rank_zero, log_hparams_with_metrics, write_metrics
 from stn.sweep_jobs import WALL_TIME
+from stn.validation import ConfigError, check_config, load_weights, read_checkpoint
 
 log = logging.getLogger(__name__)
 # Tracebacks of failed runs: to the run's train.log only (configs/hydra/default.yaml).
 traceback_log = logging.getLogger("stn.traceback")
 # Mistakes in a command, config or data folder: reported in one line, without a traceback.
-USER_ERRORS = (DataMissingError,)
+USER_ERRORS = (DataMissingError, ConfigError)
 
 
 def instantiate_all(section: Optional[DictConfig]) -> List[Any]:
@@ -68,6 +69,7 @@ def _floats(metrics: Dict[str, Any]) -> Dict[str, float]:
 def train(cfg: DictConfig) -> Dict[str, float]:
     """Fit, then test the best checkpoint; write ``metrics.json``; return the final metrics."""
     start = time.time()
+    check_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build(cfg)
     saved = {k: OmegaConf.to_container(cfg[k], resolve=False) for k in MODEL_SECTIONS}
@@ -126,20 +128,17 @@ def evaluate(cfg: DictConfig) -> Dict[str, float]:
 
     Prints the checkpoint's results-table row (:func:`result_row`).
     """
+    check_config(cfg)
     path = Path(cfg.ckpt_path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    saved = checkpoint.get("stn_config")
-    if saved is None:
-        raise ValueError(f"ckpt_path={cfg.ckpt_path!r} has no 'stn_config': it was not written by train.py")
+    checkpoint = read_checkpoint(cfg)
+    saved = checkpoint["stn_config"]
     with open_dict(cfg):
         for key in MODEL_SECTIONS:
             if cfg.get(key) is None:
                 cfg[key] = saved[key]
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build(cfg)
-    module.load_state_dict(checkpoint["state_dict"])
+    load_weights(module, checkpoint, cfg)
     trainer = build_trainer(cfg)
     trainer.test(module, datamodule=datamodule)
     metrics = _floats(trainer.callback_metrics)
