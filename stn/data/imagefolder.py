@@ -21,8 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -31,26 +29,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-from torchvision.transforms.v2 import functional as TF
 
 from .augment import CropFlip
 from .base import Batch, BatchTransform, DataMissingError, TensorDataModule, TensorSplit, derive_seed
+from .decode import ImageDecoder, Size, UnreadableImagesError, decode_files
 
 log = logging.getLogger(__name__)
 
-try:  # torchvision's decoders are ~4x faster than PIL on small JPEGs; PIL takes over without them
-    from torchvision.io import ImageReadMode, decode_image, read_file
-except ImportError:  # pragma: no cover
-    decode_image = None
-# torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still work, and a
-# failure (or this warning raised as an error) falls back to PIL.
-warnings.filterwarnings(
-    "ignore",
-    message="The image decoding and encoding capabilities of TorchVision",
-    category=DeprecationWarning,
-)
-
-Size = Union[int, Sequence[int]]
 Samples = List[Tuple[str, int]]
 _CACHE_VERSION = 1
 _LAYOUT_HINT = (
@@ -60,107 +45,12 @@ _LAYOUT_HINT = (
 )
 
 
-def _pair(size: Optional[Size], name: str) -> Optional[Tuple[int, int]]:
-    if size is None:
-        return None
-    if isinstance(size, int):
-        return (size, size)
-    size = tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"{name} must be an int or [height, width], got {size}")
-    return size
-
-
 def _default_workers() -> int:
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         n = os.cpu_count() or 1
     return min(n, 8)
-
-
-class ImageDecoder:
-    """File path -> uint8 (C, H, W): decode, optionally resize, then fit to ``image_size``.
-
-    Args:
-        channels: 1 (grey) or 3 (RGB); other modes (palette, alpha, CMYK) are converted.
-        image_size: final (H, W), reached by ``center_crop`` or by resizing; None keeps the size.
-        resize: resize first: an int sets the shorter side (keeping the aspect ratio), a pair sets
-            (H, W); None: no first resize.
-        center_crop: reach ``image_size`` by a center crop instead of a resize.
-    """
-
-    def __init__(
-        self,
-        channels: int = 3,
-        image_size: Optional[Size] = None,
-        resize: Optional[Size] = None,
-        center_crop: bool = False,
-    ) -> None:
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
-        self.channels = channels
-        self.image_size = _pair(image_size, "image_size")
-        self.resize = resize if resize is None or isinstance(resize, int) else _pair(resize, "resize")
-        self.center_crop = center_crop
-
-    def options(self) -> dict:
-        return {
-            "channels": self.channels,
-            "image_size": self.image_size,
-            "resize": self.resize,
-            "center_crop": self.center_crop,
-        }
-
-    def decode(self, path: str) -> Tensor:
-        """The file as uint8 (channels, H, W), without resizing."""
-        if decode_image is not None:
-            try:
-                mode = ImageReadMode.RGB if self.channels == 3 else ImageReadMode.GRAY
-                return decode_image(read_file(path), mode=mode)
-            except Exception:  # a format torchvision does not decode (bmp, tiff, ppm...)
-                pass
-        from PIL import Image
-
-        with Image.open(path) as im:
-            arr = np.array(im.convert("RGB" if self.channels == 3 else "L"))
-        img = torch.from_numpy(arr)
-        return img.permute(2, 0, 1) if img.dim() == 3 else img[None]
-
-    def __call__(self, path: str) -> Tensor:
-        img = self.decode(path)
-        if self.resize is not None:
-            img = TF.resize(img, self.resize, antialias=True)
-        if self.image_size is not None and tuple(img.shape[-2:]) != self.image_size:
-            if self.center_crop:
-                img = TF.center_crop(img, list(self.image_size))
-            else:
-                img = TF.resize(img, list(self.image_size), antialias=True)
-        return img.contiguous()
-
-
-def decode_files(paths: Sequence[str], decoder: Callable[[str], Tensor], num_threads: int = 1) -> Tensor:
-    """Decode image files in parallel threads into one uint8 tensor (N, C, H, W)."""
-    if not paths:
-        raise ValueError("no image files to decode")
-    first = decoder(paths[0])
-    out = torch.empty((len(paths), *first.shape), dtype=torch.uint8)
-    out[0] = first
-
-    def work(start: int) -> None:
-        for i in range(start, min(start + chunk, len(paths))):
-            img = decoder(paths[i])
-            if img.shape != first.shape:
-                raise ValueError(
-                    f"{paths[i]} decodes to {tuple(img.shape)} but {paths[0]} to {tuple(first.shape)}: "
-                    "set image_size (with resize/center_crop) to bring all images to one size"
-                )
-            out[i] = img
-
-    chunk = 256
-    with ThreadPoolExecutor(max(1, num_threads)) as pool:
-        list(pool.map(work, range(1, len(paths), chunk)))  # list(): re-raise worker errors
-    return out
 
 
 class _FileDataset(Dataset):
@@ -172,7 +62,10 @@ class _FileDataset(Dataset):
 
     def __getitem__(self, i: int) -> Tuple[Tensor, int]:
         path, label = self.samples[i]
-        return self.decoder(path), label
+        try:
+            return self.decoder(path), label
+        except Exception as err:  # streamed files are decoded only now: name the one that failed
+            raise UnreadableImagesError({path: f"{type(err).__name__}: {err}"}) from None
 
 
 class StreamLoader:
@@ -253,6 +146,10 @@ class ImageFolderDataModule(TensorDataModule):
         max_memory_gb: decode into memory only when all splits together fit in this; else stream.
         num_workers: decoding threads (in memory) or DataLoader workers (streaming); None: CPU
             count, at most 8.
+        skip_unreadable: leave out files that cannot be decoded (corrupt JPEG data included),
+            with one warning listing them; False: stop with the list
+            (:class:`~stn.data.decode.UnreadableImagesError`). Streamed files are checked only
+            when they are read, and always stop the run.
     """
 
     def __init__(
@@ -276,6 +173,7 @@ class ImageFolderDataModule(TensorDataModule):
         cache_dir: Optional[str] = None,
         max_memory_gb: float = 8.0,
         num_workers: Optional[int] = None,
+        skip_unreadable: bool = False,
     ) -> None:
         super().__init__(data_dir, batch_size, eval_batch_size, 0, seed, False, device, split_seed=split_seed)
         if val_size < 0 or (isinstance(val_size, float) and val_size >= 1):
@@ -291,6 +189,7 @@ class ImageFolderDataModule(TensorDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.max_memory_gb = max_memory_gb
         self.num_workers = _default_workers() if num_workers is None else num_workers
+        self.skip_unreadable = skip_unreadable
         self._classes: Optional[List[str]] = None
         self._shape: Optional[Tuple[int, int, int]] = None
         self.streams: Dict[str, Samples] = {}  # filled instead of ``splits`` when streaming
@@ -300,7 +199,16 @@ class ImageFolderDataModule(TensorDataModule):
     @property
     def classes(self) -> List[str]:  # type: ignore[override]
         if self._classes is None:
-            self._classes = find_classes(self._folder("train"))[0]
+            folder = self._folder("train")
+            classes = find_classes(folder)[0]
+            if len(classes) < 2:
+                raise DataMissingError(
+                    "A second class folder",
+                    folder,
+                    f"It has only {classes[0]}/: a classifier needs at least 2 classes. " + _LAYOUT_HINT,
+                    downloadable=False,
+                )
+            self._classes = classes
         return self._classes
 
     @property
@@ -352,9 +260,11 @@ class ImageFolderDataModule(TensorDataModule):
         if unknown:
             raise ValueError(f"{folder} has class folders {sorted(unknown)} that train/ does not have")
         samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
-        if not samples:
+        found = {label for _, label in samples}
+        empty = [c for c in find_classes(folder)[0] if class_to_idx[c] not in found]
+        if not samples or empty:
             raise DataMissingError(
-                "Image files",
+                "Image files" + (f" of the class folder(s) {', '.join(empty)}" if samples else ""),
                 folder,
                 f"Supported extensions: {', '.join(IMG_EXTENSIONS)}. " + _LAYOUT_HINT,
                 downloadable=False,
@@ -379,17 +289,21 @@ class ImageFolderDataModule(TensorDataModule):
         if cache is not None and cache.is_file():
             try:
                 data = torch.load(cache, map_location="cpu", weights_only=True)
-                if torch.equal(data["labels"], labels):
+                kept = data.get("kept", torch.arange(len(labels)))
+                if torch.equal(data["labels"], labels[kept]):
                     self.cache_hits[name] = True
-                    return TensorSplit(data["images"], labels)
+                    return TensorSplit(data["images"], labels[kept])
             except Exception as err:  # a truncated or foreign file: decode again
                 log.warning("ignoring unreadable cache %s (%s)", cache, err)
         self.cache_hits[name] = False
-        images = decode_files([p for p, _ in samples], self.decoder, self.num_workers)
+        images, kept = decode_files(
+            [p for p, _ in samples], self.decoder, self.num_workers, self.skip_unreadable
+        )
+        kept, labels = torch.tensor(kept), labels[kept]
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-            torch.save({"images": images, "labels": labels}, tmp)
+            torch.save({"images": images, "labels": labels, "kept": kept}, tmp)
             os.replace(tmp, cache)  # atomic: other processes see the old state or the whole file
             stem = cache.name.rsplit("-", 1)[0] + "-"  # same folder and options, older listing
             for stale in cache.parent.iterdir():
@@ -420,21 +334,14 @@ class ImageFolderDataModule(TensorDataModule):
         samples = {name: self._samples(f) for name, f in folders.items() if f is not None}
         shape = (self.decoder.channels, *self.decoder.image_size) if self.decoder.image_size else None
         if shape is None:
-            shape = tuple(self.decoder(samples["train"][0][0]).shape)
+            shape = self._first_shape(samples["train"])
         self._shape = shape
         nbytes = sum(len(s) for s in samples.values()) * int(np.prod(shape))
         # Without val/: hold out the same seeded permutation as TensorDataModule.setup, in both
-        # modes; val_size=0: validate on test/.
-        held_out: List[int] = []
-        kept: List[int] = []
-        if "val" not in samples:
-            n = len(samples["train"])
-            k = self._val_count(n)
-            if k:
-                perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
-                held_out, kept = perm[:k], perm[k:]
+        # modes (in memory after leaving out unreadable files); val_size=0: validate on test/.
         if nbytes <= self.max_memory_gb * 2**30:
             data = {name: self._decode_split(name, folders[name], s) for name, s in samples.items()}
+            held_out, kept = self._hold_out(len(data["train"])) if "val" not in data else ([], [])
             if held_out:
                 train = data["train"]
                 data["train"] = train.subset(torch.tensor(kept))
@@ -447,11 +354,29 @@ class ImageFolderDataModule(TensorDataModule):
                 nbytes / 2**30,
                 self.max_memory_gb,
             )
+            held_out, kept = self._hold_out(len(samples["train"])) if "val" not in samples else ([], [])
             if held_out:
                 train = samples["train"]
                 samples["train"] = [train[i] for i in kept]
                 samples["val"] = [train[i] for i in held_out]
             self.streams = {name: samples.get(name, samples["test"]) for name in ("train", "val", "test")}
+
+    def _first_shape(self, samples: Samples) -> Tuple[int, int, int]:
+        """The files' own size, from the first that decodes (the others are named when decoded)."""
+        for path, _ in samples:
+            try:
+                return tuple(self.decoder(path).shape)
+            except Exception:
+                continue
+        return (self.decoder.channels, 1, 1)
+
+    def _hold_out(self, n: int) -> Tuple[List[int], List[int]]:
+        """Indices of the ``val_size`` training samples held out for validation, and of the rest."""
+        k = self._val_count(n)
+        if not k:
+            return [], []
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+        return perm[:k], perm[k:]
 
     def _stats(self) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
         """Per-channel mean and std of the training images in [0, 1] (streaming: 2,000 of them)."""
@@ -461,7 +386,8 @@ class ImageFolderDataModule(TensorDataModule):
         else:
             train = self.streams["train"]
             pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed))[:2000]
-            images = decode_files([train[i][0] for i in pick.tolist()], self.decoder, self.num_workers)
+            paths = [train[i][0] for i in pick.tolist()]
+            images = decode_files(paths, self.decoder, self.num_workers, self.skip_unreadable)[0]
         # Exact, from per-channel histograms of the uint8 values: no float copy of the data.
         values = torch.arange(256, dtype=torch.float64) / 255
         mean, std = [], []
