@@ -165,13 +165,17 @@ def _box_stats(boxes: Tensor, size) -> Tensor:
 
 class SaveConfig(L.Callback):
     """Stores the run's composed (unresolved) config in every checkpoint under ``"stn_config"``,
-    so ``eval.py`` can rebuild the data and model from a checkpoint file alone."""
+    so ``eval.py`` can rebuild the data and model from a checkpoint file alone, and what the model
+    was sized for (class names, image shape, normalization: :func:`stn.inference.data_info`)
+    under ``"stn_data"``, so ``load_model`` and ``predict.py`` need no data."""
 
-    def __init__(self, config: Dict[str, Any]) -> None:
-        self.config = config
+    def __init__(self, config: Dict[str, Any], data: Optional[Dict[str, Any]] = None) -> None:
+        self.config, self.data = config, data
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: Dict[str, Any]) -> None:
         checkpoint["stn_config"] = self.config
+        if self.data is not None:
+            checkpoint["stn_data"] = self.data
 
 
 class LatestCheckpoint(ModelCheckpoint):

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from stn.callbacks import SaveConfig
 from stn.data.base import DataMissingError, TensorDataModule
+from stn.inference import build_model, data_info
 from stn.logs import MODEL_SECTIONS, hyperparameters, is_rank_zero, log_hparams_with_metrics, write_metrics
 from stn.sweep_jobs import WALL_TIME
 from stn.validation import ConfigError, check_config, load_weights, read_checkpoint
@@ -43,15 +44,7 @@ def instantiate_all(section: Optional[DictConfig]) -> List[Any]:
 def build(cfg: DictConfig) -> Tuple[TensorDataModule, L.LightningModule]:
     """The datamodule, and the LightningModule around the model sized for the data."""
     datamodule = instantiate(cfg.data)
-    channels, height, width = datamodule.image_shape
-    model = instantiate(
-        cfg.model,
-        in_channels=channels,
-        num_classes=datamodule.num_classes,
-        image_size=(height, width),
-        mean=tuple(datamodule.mean),
-        std=tuple(datamodule.std),
-    )
+    model = build_model(cfg.model, data_info(datamodule))
     module = instantiate(cfg.module, model=model, num_classes=datamodule.num_classes)
     return datamodule, module
 
@@ -73,7 +66,7 @@ def train(cfg: DictConfig) -> Dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build(cfg)
     saved = {k: OmegaConf.to_container(cfg[k], resolve=False) for k in MODEL_SECTIONS}
-    trainer = build_trainer(cfg, [SaveConfig(saved)])
+    trainer = build_trainer(cfg, [SaveConfig(saved, data_info(datamodule))])
     for logger in trainer.loggers:
         logger.log_hyperparams(hyperparameters(cfg))
 
