@@ -114,3 +114,55 @@ def test_tiny_data_is_learnable(tiny_mnist_dir):
     finally:
         torch.set_num_threads(threads)
     assert correct / 1000 > 0.5
+
+
+def test_offline_falls_back_to_the_shipped_copy(tmp_path, monkeypatch, caplog):
+    """No MNIST in data_dir and the download fails (forced here: no network is touched): the copy
+    shipped with stn (stn/data/bundled/mnist) is read, with a warning naming the folder."""
+    from urllib.error import URLError
+
+    from torchvision import datasets
+
+    calls = []
+
+    def no_network(self):
+        calls.append(self.root)
+        raise URLError("network is unreachable (forced by the test)")
+
+    monkeypatch.setattr(datasets.MNIST, "download", no_network)
+    empty = tmp_path / "empty"
+    with caplog.at_level("WARNING", logger="stn.data.mnist"):
+        train, test = load_mnist(empty, download=True)
+    assert calls, "the download was not even tried"
+    assert "copy of MNIST shipped with stn" in caplog.text and str(empty / "MNIST" / "raw") in caplog.text
+    assert "network is unreachable" in caplog.text
+    assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
+    assert train.images.dtype == torch.uint8 and train.labels.dtype == torch.int64
+    assert torch.bincount(train.labels).tolist() == TRAIN_COUNTS
+    assert torch.bincount(test.labels).tolist() == TEST_COUNTS
+    assert train.labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert test.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert 0 < train.images.float().mean() / 255 < 0.2  # dark background, bright strokes
+    # the datamodule (and so `python train.py`) gets the same
+    dm = MNISTDataModule(str(empty), val_size=5000)
+    dm.setup()
+    assert [len(dm.splits[k]) for k in ("train", "val", "test")] == [55000, 5000, 10000]
+
+
+def test_shipped_copy_equals_the_real_files(real_mnist_dir):
+    from stn.data.mnist import load_bundled_mnist
+
+    for shipped, real in zip(load_bundled_mnist(), load_mnist(real_mnist_dir, download=False)):
+        assert torch.equal(shipped.images, real.images) and torch.equal(shipped.labels, real.labels)
+
+
+def test_a_truncated_idx_file_is_named(tmp_path):
+    import gzip
+
+    from stn.data.mnist import read_idx_gz
+
+    path = tmp_path / "short-idx1-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(bytes([0, 0, 8, 1, 0, 0, 0, 10, 1, 2, 3]))  # says 10 labels, holds 3
+    with pytest.raises(ValueError, match="short-idx1-ubyte.gz is not a complete IDX file"):
+        read_idx_gz(path)
