@@ -24,22 +24,19 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from stn.convert import Preprocess, as_images, boxes_to_input
+from stn.validation import ConfigError, load_weights, read_checkpoint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainedModel", "UsageError", "build_model", "data_info", "load_model", "run_cli"]
-
-
-class UsageError(ValueError):
-    """A mistake in what the user asked for (a path, an option): reported as one message."""
+__all__ = ["TrainedModel", "build_model", "data_info", "load_model", "run_cli"]
 
 
 def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run an entry point's task; a :class:`UsageError` ends it with its message and exit status 1
-    instead of a traceback."""
+    """Run an entry point's task; a :class:`~stn.validation.ConfigError` (a mistake in a path or
+    an option) ends it with its message and exit status 1 instead of a traceback."""
     try:
         return task(cfg)
-    except UsageError as err:
+    except ConfigError as err:
         log.error(str(err))
         raise SystemExit(1) from None
 
@@ -82,7 +79,7 @@ def _infer_info(cfg: DictConfig, checkpoint: Mapping) -> Dict[str, list]:
         datamodule = instantiate(cfg.data)
         shape = [int(v) for v in datamodule.image_shape]
     except Exception as err:
-        raise UsageError(
+        raise ConfigError(
             "the checkpoint has no 'stn_data' (it predates class names in checkpoints) and its data config "
             f"cannot tell the image size ({type(err).__name__}: {err}); retrain, or make its data available"
         ) from None
@@ -186,22 +183,6 @@ def model_boxes(out: Mapping[str, Tensor], images: Tensor) -> tuple:
     return boxes, glimpses
 
 
-def read_checkpoint(path: Union[str, Path], what: str = "ckpt_path") -> Dict[str, Any]:
-    """The checkpoint file of ``train.py`` at ``path``, or a :class:`UsageError` naming ``what``."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UsageError(f"{what}={str(path)!r}: no such checkpoint file")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UsageError(
-            f"{what}={str(path)!r} is not a readable checkpoint ({type(err).__name__}: {err})"
-        ) from None
-    if not isinstance(checkpoint, dict) or "stn_config" not in checkpoint or "state_dict" not in checkpoint:
-        raise UsageError(f"{what}={str(path)!r} has no 'stn_config': it was not written by train.py")
-    return checkpoint
-
-
 def load_model(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> TrainedModel:
     """The model of a ``train.py`` checkpoint, ready for :meth:`TrainedModel.predict`.
 
@@ -210,15 +191,16 @@ def load_model(path: Union[str, Path], device: Union[str, torch.device] = "cpu")
         device: where the model runs (``"cpu"``, ``"cuda"``, ...).
 
     Raises:
-        UsageError: the file is missing, unreadable, or not a checkpoint of ``train.py``.
+        ConfigError: the file is missing, unreadable, or not a checkpoint of ``train.py``.
     """
-    checkpoint = read_checkpoint(path, "path")
+    where = OmegaConf.create({"ckpt_path": str(path)})
+    checkpoint = read_checkpoint(where)
     cfg = _saved_config(checkpoint["stn_config"])
     info = checkpoint.get("stn_data") or _infer_info(cfg, checkpoint)
     model = build_model(cfg.model, info)
-    prefix = "model."
+    prefix = "model."  # the LightningModule's attribute holding the model
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    model.load_state_dict(state)
+    load_weights(model, {"state_dict": state}, where)
     data = cfg.data
     preprocess = Preprocess(
         channels=int(info["image_shape"][0]),

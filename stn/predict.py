@@ -30,7 +30,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from stn.callbacks import draw_boxes
 from stn.convert import pil_to_tensor, tensor_to_pil, to_channels
-from stn.inference import TrainedModel, UsageError, load_model
+from stn.inference import TrainedModel, load_model
+from stn.validation import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ MIN_HEIGHT, MAX_SIDE = 112, 1024
 
 def find_inputs(inputs: str) -> List[Path]:
     """The files ``inputs`` names: a file; a folder (its image files, by extension, recursively); or
-    a glob pattern (``*``, ``?``, ``[...]``; ``**`` recursive). Sorted; raises :class:`UsageError`
+    a glob pattern (``*``, ``?``, ``[...]``; ``**`` recursive). Sorted; raises :class:`ConfigError`
     when nothing matches."""
     path = Path(str(inputs)).expanduser()
     if path.is_file():
@@ -49,16 +50,16 @@ def find_inputs(inputs: str) -> List[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS))
         if not files:
-            raise UsageError(
+            raise ConfigError(
                 f"inputs={inputs!r}: the folder has no image files ({', '.join(IMG_EXTENSIONS)})"
             )
         return files
     if any(c in str(path) for c in "*?["):
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not files:
-            raise UsageError(f"inputs={inputs!r}: no files match this pattern")
+            raise ConfigError(f"inputs={inputs!r}: no files match this pattern")
         return files
-    raise UsageError(f"inputs={inputs!r}: no such file or folder (and not a glob pattern)")
+    raise ConfigError(f"inputs={inputs!r}: no such file or folder (and not a glob pattern)")
 
 
 def read_image(path: Path) -> Tensor:
@@ -164,7 +165,7 @@ def predict_task(cfg: DictConfig) -> Path:
     out = Path(cfg.out or cfg.paths.output_dir).expanduser()
     batch_size = cfg.get("batch_size", 64)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise UsageError(f"batch_size={batch_size!r}: must be a positive int")
+        raise ConfigError(f"batch_size={batch_size!r}: must be a positive int")
     rows = predict_files(model, files, out, batch_size, pictures=cfg.get("pictures", True))
     failed = sum(1 for r in rows if r["error"])
     log.info("%d files, %d not readable: %s", len(rows), failed, out / "predictions.csv")

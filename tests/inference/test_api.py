@@ -12,7 +12,8 @@ from PIL import Image
 
 from stn import load_model
 from stn.data import CIFAR10DataModule
-from stn.inference import UsageError, data_info
+from stn.inference import data_info
+from stn.validation import ConfigError
 
 KEYS = {"labels", "class_names", "probs", "boxes", "glimpses"}
 
@@ -93,11 +94,14 @@ def test_batches_and_bad_inputs(mnist_ckpt, digit):
 
 
 def test_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(UsageError, match="no such checkpoint file"):
+    with pytest.raises(ConfigError, match="no such checkpoint file"):
         load_model(tmp_path / "nope.ckpt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.ckpt")
-    with pytest.raises(UsageError, match="not written by train.py"):
+    with pytest.raises(ConfigError, match="no 'state_dict'"):
         load_model(tmp_path / "foreign.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "lightning.ckpt")
+    with pytest.raises(ConfigError, match="not written by train.py"):
+        load_model(tmp_path / "lightning.ckpt")
 
 
 def without_stn_data(ckpt, path, **data_overrides):

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from stn import load_model
-from stn.inference import UsageError
 from stn.predict import COLUMNS, find_inputs, predict_files
+from stn.validation import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,9 +92,9 @@ def test_find_inputs(tmp_path):
     assert [p.name for p in find_inputs(str(tmp_path / "a"))] == ["x.png", "y.JPG"]
     assert [p.name for p in find_inputs(str(tmp_path / "**" / "*.png"))] == ["x.png", "b.png"]
     assert find_inputs(str(tmp_path / "a" / "z.txt")) == [tmp_path / "a" / "z.txt"]
-    with pytest.raises(UsageError, match="no such file or folder"):
+    with pytest.raises(ConfigError, match="no such file or folder"):
         find_inputs(str(tmp_path / "missing"))
-    with pytest.raises(UsageError, match="no files match"):
+    with pytest.raises(ConfigError, match="no files match"):
         find_inputs(str(tmp_path / "*.gif"))
 
 
