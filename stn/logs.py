@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
@@ -46,7 +47,10 @@ def write_metrics(output_dir: str, metrics: Mapping[str, Any], **fields: Any) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {**metrics, **fields}
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-    path.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
+    # via a rename: a summary refreshed by a parallel job at this moment reads all of it or none
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
     return path
 
 

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import io
 import logging
 import math
 import os
+import socket
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from stn.sweep_jobs import SEED_KEYS, WALL_TIME, is_finite, load_yaml, summarize
 
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 # Metrics shown in summary.md (the optimized metric comes first in any case).
 MARKDOWN_METRICS = ("val/acc_best", "val/acc", "test/acc", "val/iou50", "test/iou50")
 # The order of the job counts in summary.md ("6 jobs (4 ok, 1 failed, 1 incomplete)").
-COUNTED = ("ok", "failed", "diverged", "interrupted", "incomplete")
+COUNTED = ("ok", "pruned", "failed", "diverged", "interrupted", "incomplete")
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -75,9 +78,10 @@ def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> List[str]
 def _atomic_write(path: Path, text: str) -> None:
     """Write via a temporary file and a rename.
 
-    Parallel jobs refreshing the summary never leave half a file.
+    Parallel jobs refreshing the summary never leave half a file (the host in the name: jobs on
+    several SLURM nodes can share a pid).
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -160,13 +164,37 @@ def render_markdown(s: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextmanager
+def _summary_lock(sweep_dir: Path) -> Iterator[None]:
+    """One summary writer at a time per sweep folder (``.summary.lock``; the OS drops it if killed).
+
+    Jobs of a parallel launcher that finish together each read all job folders and rewrite the
+    summary: unserialized, a job that read before the other's ``metrics.json`` existed could rename
+    its stale summary over the other's. Serialized, the last writer has read every finished job.
+    """
+    with open(Path(sweep_dir) / ".summary.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def write_summary(sweep_dir: Path, quiet: bool = False) -> Dict[str, Path]:
     """Write ``summary.csv``, ``summary.md`` (and ``summary_grouped.csv`` for seed repeats) in a sweep folder.
 
-    Returns the paths written (empty when the folder has no job folders).
+    Returns the paths written (empty when the folder has no job folders). Safe to call from
+    parallel jobs at once (:func:`_summary_lock`).
     """
-    s = summarize(sweep_dir)
     sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        return {}
+    with _summary_lock(sweep_dir):
+        return _write_summary(sweep_dir, quiet)
+
+
+def _write_summary(sweep_dir: Path, quiet: bool) -> Dict[str, Path]:
+    s = summarize(sweep_dir)
     if not s["rows"]:
         return {}
     keys, metrics = s["override_keys"], s["metrics"]

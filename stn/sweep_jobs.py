@@ -33,7 +33,7 @@ WALL_TIME = "time/wall_s"
 # Overrides that tell repeats of the same configuration apart.
 SEED_KEYS = ("seed",)
 # A job's ``status`` in metrics.json (see stn.tasks.run_task); jobs are listed in this order.
-STATUSES = ("ok", "incomplete", "interrupted", "diverged", "failed")
+STATUSES = ("ok", "pruned", "incomplete", "interrupted", "diverged", "failed")
 STATUS_ORDER = {name: i for i, name in enumerate(STATUSES)}
 
 
@@ -204,7 +204,7 @@ def group_by_seed(
                 value = row.get("metrics", {}).get(m)
                 if is_finite(value):
                     group["_values"][m].append(float(value))
-        elif row.get("status") != "incomplete":  # failed, diverged or interrupted
+        elif row.get("status") not in ("incomplete", "pruned"):  # failed, diverged or interrupted
             group["n_failed"] += 1
     out = []
     for group in groups.values():

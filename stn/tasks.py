@@ -6,6 +6,7 @@ import gc
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -186,17 +187,26 @@ def _chain(err: BaseException) -> List[BaseException]:
     return found
 
 
+def _pruned(err: BaseException) -> bool:
+    """``optuna.TrialPruned`` (stn.pruning stops a trial with it); Optuna is imported only by searches."""
+    optuna = sys.modules.get("optuna")
+    return optuna is not None and isinstance(err, optuna.TrialPruned)
+
+
 def run_status(err: BaseException) -> str:
-    """The ``metrics.json`` status of a run that raised ``err``: interrupted, diverged or failed.
+    """The ``metrics.json`` status of a run that raised ``err``: interrupted, pruned, diverged or failed.
 
     ``interrupted``: Ctrl-C or SIGTERM. Lightning turns a Ctrl-C during ``fit``/``test`` into
     ``sys.exit(1)`` raised while it handles the KeyboardInterrupt, and a SIGTERM into its
     ``SIGTERMException``: both are found in the exception's chain. ``diverged``: a
-    FloatingPointError (stn.lit.NonFiniteLossError is one). ``failed``: anything else.
+    FloatingPointError (stn.lit.NonFiniteLossError is one). ``pruned``: an Optuna trial stopped by
+    its pruner (stn.pruning). ``failed``: anything else.
     """
     chain = _chain(err)
     if any(isinstance(e, (KeyboardInterrupt, SIGTERMException)) for e in chain):
         return "interrupted"
+    if any(_pruned(e) for e in chain):
+        return "pruned"
     if any(isinstance(e, FloatingPointError) for e in chain):
         return "diverged"
     return "failed"
@@ -208,14 +218,21 @@ def record_failure(cfg: DictConfig, err: BaseException, status: str, wall_s: flo
     ``metrics.json`` gets ``status``, ``"error": "<type>: <message>"`` and ``time/wall_s``. The
     traceback goes to the logger ``stn.traceback``, which configs/hydra/default.yaml sends to the
     run's ``train.log`` only (the console gets the one line, and Hydra's own report where the
-    error propagates); user mistakes (:data:`USER_ERRORS`) need no traceback. Returns the error text.
+    error propagates); user mistakes (:data:`USER_ERRORS`) need no traceback. A pruned trial is
+    no error: one info line, no traceback, and the metrics it had reached (``err.metrics``, set by
+    stn.pruning). Returns the error text.
     """
     text = error_text(err)
-    where = "the sweep goes on" if in_multirun() and status != "interrupted" else "stopping"
-    log.error("Run %s (%s): %s", status, where, text)
-    if not isinstance(err, USER_ERRORS):
+    metrics = {WALL_TIME: wall_s}
+    if status == "pruned":  # not an error: the pruner's decision, with the metrics reached so far
+        log.info("Trial %s", text)
+        metrics = {**getattr(err, "metrics", {}), **metrics}
+    else:
+        where = "the sweep goes on" if in_multirun() and status != "interrupted" else "stopping"
+        log.error("Run %s (%s): %s", status, where, text)
+    if not isinstance(err, USER_ERRORS) and status != "pruned":
         traceback_log.error("%s run:", status.capitalize(), exc_info=(type(err), err, err.__traceback__))
-    write_metrics(cfg.paths.output_dir, {WALL_TIME: wall_s}, status=status, error=text)
+    write_metrics(cfg.paths.output_dir, metrics, status=status, error=text)
     return text
 
 
@@ -231,12 +248,10 @@ def release(err: BaseException) -> None:
 def sweeper_value(value: Any) -> Optional[float]:
     """What a job returns to the sweeper: the optimized metric, or None when it is not a finite number.
 
-    In a multirun a missing or NaN metric becomes None. hydra-optuna-sweeper 1.3.0 with optuna
-    2.10 aborts the whole study when a job returns NaN (optuna rejects NaN in ``study.tell``, and
-    the sweeper's retry with ``state=FAIL`` still passes the NaN: hydra issue #2237, fixed upstream
-    by PR #3451 but not released); a value that is not float-castable is recorded as a FAIL trial
-    and the study goes on. Hydra's basic (grid) sweeper ignores return values. Outside a multirun
-    the value is returned as is (NaN when missing).
+    In a multirun a missing or NaN metric becomes None, which our Optuna sweeper
+    (hydra_plugins/stn_sweeper) records as a FAIL trial, or PRUNED when the job's metrics.json
+    says ``pruned``; the study goes on. Hydra's basic (grid) sweeper ignores return values.
+    Outside a multirun the value is returned as is (NaN when missing).
     """
     try:
         number = float(value)

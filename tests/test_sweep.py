@@ -48,14 +48,6 @@ TINY = [
     "model.classifier.widths=[8,16,32]",
 ]
 
-try:
-    import hydra_plugins.hydra_optuna_sweeper  # noqa: F401
-
-    HAS_OPTUNA = True
-except ImportError:
-    HAS_OPTUNA = False
-needs_optuna = pytest.mark.skipif(not HAS_OPTUNA, reason='needs the sweep extra: pip install -e ".[sweep]"')
-
 
 def run_train(args: list[str], cwd: Path, data_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "STN_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
@@ -139,7 +131,7 @@ def write_job(
     sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}
     if direction:
         sweeper = {
-            "_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+            "_target_": "hydra_plugins.stn_sweeper.optuna_sweeper.OptunaSweeper",
             "direction": direction,
         }
     (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": sweeper}}))
@@ -358,30 +350,6 @@ def test_in_multirun_reads_the_hydra_mode():
     assert not tasks.in_multirun()
 
 
-@needs_optuna
-@pytest.mark.filterwarnings(
-    "ignore:The ``declarative_base():DeprecationWarning"
-)  # optuna 2.10 on SQLAlchemy 2
-def test_optuna_search_space_from_the_config():
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-    from optuna.distributions import CategoricalDistribution, LogUniformDistribution, UniformDistribution
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfg = compose("train", overrides=["hparams_search=attention_optuna"], return_hydra_config=True)
-    sweeper = cfg.hydra.sweeper
-    assert (
-        sweeper.storage is None and sweeper.direction == "maximize" and cfg.optimized_metric == "val/acc_best"
-    )
-    assert str(cfg.hydra.mode) in ("MULTIRUN", "RunMode.MULTIRUN")
-    space, fixed = create_params_from_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
-    assert fixed == {}
-    assert space["module.optimizer.lr"] == LogUniformDistribution(1e-4, 1e-2)
-    assert space["module.loc_lr_mult"] == LogUniformDistribution(0.01, 1.0)
-    assert space["model.box_head.min_scale"] == UniformDistribution(0.1, 0.6)
-    assert space["model.glimpse_size"] == CategoricalDistribution([14, 20, 28])
-
-
 # -- real sweeps -----------------------------------------------------------------------------------
 def hparams_of(tensorboard_dir: Path):
     """From event files: (session start hparams as python values, session end status,
@@ -468,45 +436,3 @@ def test_grid_sweep_goes_on_after_failed_jobs_and_writes_the_summary(tmp_path, t
         saved = json.loads((jobs[r["job"]] / "metrics.json").read_text())
         for key in ("val/acc", "val/acc_best", "test/acc", "time/wall_s"):
             assert scalars[key] == pytest.approx(saved[key], rel=1e-6), key
-
-
-@pytest.mark.slow
-@needs_optuna
-def test_optuna_search_goes_on_after_a_failed_trial(tmp_path, tiny_mnist_dir):
-    """3 trials of attention_optuna; lr is a choice of 1e-3 and 1e30 here, and with sampler seed 3
-    optuna 2.10 draws 1e30, 1e-3, 1e-3: the first trial diverges, is recorded as failed, the study
-    goes on and its best value is the best of the other two."""
-    res = run_train(
-        [
-            "hparams_search=attention_optuna",
-            "hydra.sweeper.n_trials=3",
-            "hydra.sweeper.sampler.seed=3",
-            "module.optimizer.lr=choice(1e-3,1e30)",
-            "module.scheduler=null",
-            "module.nonfinite_check_every=1",
-            *TINY,
-            "logger=csv",
-            f"paths.log_dir={tmp_path}/logs",
-        ],
-        tmp_path,
-        tiny_mnist_dir,
-    )
-    assert res.returncode == 0, res.stderr[-4000:]
-    s = the_sweep(tmp_path / "logs")
-    rows = read_csv(s / "summary.csv")
-    assert len(rows) == 3
-    statuses = {r["module.optimizer.lr"]: set() for r in rows}
-    for r in rows:
-        statuses[r["module.optimizer.lr"]].add(r["status"])
-    assert statuses.get("1e+30") == {"diverged"} and statuses.get("0.001") == {"ok"}, (
-        f"expected both lr values among the trials, got {statuses}: pick another hydra.sweeper.sampler.seed"
-    )
-    assert [r["status"] for r in rows] == ["ok", "ok", "diverged"]
-    for key in ("module.loc_lr_mult", "model.box_head.min_scale", "model.glimpse_size"):
-        assert all(r[key] for r in rows), key  # sampled by optuna, one column each
-    assert all(0.01 <= float(r["module.loc_lr_mult"]) <= 1.0 for r in rows)
-    results = yaml.safe_load((s / "optimization_results.yaml").read_text())
-    assert results["best_value"] == pytest.approx(float(rows[0]["val/acc_best"]))
-    assert results["best_params"]["module.optimizer.lr"] == pytest.approx(1e-3)
-    md = (s / "summary.md").read_text()
-    assert "3 jobs (2 ok, 1 diverged)" in md and "Optuna best value" in md
