@@ -45,6 +45,9 @@ def instantiate_all(section: Optional[DictConfig]) -> List[Any]:
 def build(cfg: DictConfig) -> Tuple[TensorDataModule, L.LightningModule]:
     """The datamodule, and the LightningModule around the model sized for the data."""
     datamodule = instantiate(cfg.data)
+    # The model is sized and normalized from the data; some sets measure that in setup()
+    # (the mean and std of synthetic canvases or of an image folder), so set it up here, once.
+    datamodule.setup()
     model = build_model(cfg.model, data_info(datamodule))
     module = instantiate(cfg.module, model=model, num_classes=datamodule.num_classes)
     return datamodule, module

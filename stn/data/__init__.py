@@ -3,9 +3,10 @@ cut batches there without per-sample Python (image folders too big for memory ar
 the synthetic MNIST variants (translated, cluttered, distorted)."""
 
 from .augment import CropFlip, random_crop_flip
-from .base import DataMissingError, TensorDataModule, TensorLoader, TensorSplit
+from .base import DataMissingError, TensorDataModule, TensorSplit
 from .cifar10 import CIFAR10DataModule, load_cifar10
-from .imagefolder import ImageFolderDataModule, StreamLoader
+from .imagefolder import ImageFolderDataModule
+from .loaders import EpochLoader, StreamLoader, TensorLoader
 from .mnist import MNISTDataModule, load_mnist
 from .synthetic import (
     ClutteredMNISTDataModule,
@@ -23,6 +24,7 @@ __all__ = [
     "CropFlip",
     "DataMissingError",
     "DistortedMNISTDataModule",
+    "EpochLoader",
     "ImageFolderDataModule",
     "MNISTDataModule",
     "StreamLoader",

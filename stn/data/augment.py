@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import Batch, to_float
+from .loaders import Batch, to_float
 
 PADDING_MODES = ("reflect", "zeros", "replicate")
 

@@ -1,28 +1,23 @@
-"""In-memory datasets: one uint8 tensor on the training device, batches cut and composed there.
+"""The datamodule contract and in-memory splits: one uint8 tensor per split on the training device.
 
-A batch is a dict:
-
-- ``"image"``: (B, C, H, W) float32 in [0, 1] (models normalize themselves),
-- ``"label"``: (B,) int64,
-- ``"box"``: (B, 4) float32 true box ``(x1, y1, x2, y2)`` in pixels of ``"image"``, only for
-  data that has true boxes (synthetic sets).
+Batches are the dicts of :mod:`stn.data.loaders`; :class:`TensorDataModule` says what every
+datamodule tells the models and callbacks (shape, classes, statistics, boxes) and builds its
+loaders in one place.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import lightning as L
 import torch
 from torch import Tensor
 
-Batch = Dict[str, Tensor]
-# A transform maps a batch of raw uint8 samples to a training batch, on the device the data lives
-# on, using the generator for all randomness so that runs are reproducible.
-BatchTransform = Callable[[Batch, torch.Generator], Batch]
+from .loaders import Batch, EpochLoader, TensorLoader, to_float
+
+__all__ = ["DataMissingError", "TensorDataModule", "TensorSplit", "check_statistics"]
 
 
 class DataMissingError(RuntimeError):
@@ -78,104 +73,44 @@ class TensorSplit:
         )
 
 
-def derive_seed(*values: int) -> int:
-    """A seed from several integers, the same on every run and machine."""
-    out = 0
-    for v in values:
-        out = (out * 1_000_003 + int(v)) % (2**62)
-    return out
+def check_statistics(
+    mean: Optional[Sequence[float]], std: Optional[Sequence[float]], channels: int
+) -> Tuple[Optional[Tuple[float, ...]], Optional[Tuple[float, ...]]]:
+    """Given per-channel ``mean`` and ``std`` (or None: measured later) as tuples of floats.
 
-
-def to_float(batch: Batch, generator: Optional[torch.Generator] = None) -> Batch:
-    """The default transform: uint8 images to float32 in [0, 1]."""
-    out = dict(batch)
-    out["image"] = batch["image"].float().div_(255)
-    return out
-
-
-class TensorLoader:
-    """Iterate over batches of a :class:`TensorSplit` without a DataLoader.
-
-    The split is moved to ``device`` once; each batch is an index into it, followed by
-    ``transform`` (composition, augmentation, float conversion) run on that device in batched
-    tensor code. Shuffling and transforms draw from a generator seeded by ``(seed, epoch)``, so an
-    epoch is the same on every run and after resuming. Under data parallelism each rank takes
-    every ``world_size``-th batch of the same permutation.
-
-    Args:
-        split: the data.
-        batch_size: samples per batch.
-        shuffle: permute each epoch.
-        drop_last: drop the last incomplete batch.
-        transform: batch transform, default :func:`to_float`.
-        seed: base seed.
-        device: where the data lives and batches are made.
-        epoch_fn: returns the current epoch (the Trainer's); default counts calls to ``__iter__``.
-        rank, world_size: data-parallel shard.
+    Raises ValueError naming the argument for a wrong number of values or a std that is not
+    positive.
     """
-
-    def __init__(
-        self,
-        split: TensorSplit,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        drop_last: bool = False,
-        transform: Optional[BatchTransform] = None,
-        seed: int = 0,
-        device: Optional[torch.device] = None,
-        epoch_fn: Optional[Callable[[], int]] = None,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.device = torch.device(device) if device is not None else split.images.device
-        self.split = split.to(self.device)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.transform = transform or to_float
-        self.seed = seed
-        self.epoch_fn = epoch_fn
-        self.rank, self.world_size = rank, world_size
-        self._calls = 0
-
-    def _num_batches_total(self) -> int:
-        n = len(self.split)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def __len__(self) -> int:
-        total = self._num_batches_total()
-        # Every rank runs the same number of steps so that collectives stay in lockstep.
-        return total // self.world_size if self.world_size > 1 else total
-
-    def __iter__(self) -> Iterator[Batch]:
-        epoch = self.epoch_fn() if self.epoch_fn is not None else self._calls
-        self._calls += 1
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(derive_seed(self.seed, epoch, self.rank))
-        n = len(self.split)
-        if self.shuffle:
-            perm_gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
-            order = torch.randperm(n, generator=perm_gen).to(self.device)
-        else:
-            order = torch.arange(n, device=self.device)
-        for b in range(self.rank, len(self) * self.world_size, self.world_size):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            part = self.split
-            batch = {"image": part.images[idx], "label": part.labels[idx]}
-            if part.boxes is not None:
-                batch["box"] = part.boxes[idx]
-            yield self.transform(batch, gen)
+    out = []
+    for name, value in (("mean", mean), ("std", std)):
+        if value is not None:
+            value = tuple(float(v) for v in value)
+            if len(value) != channels:
+                raise ValueError(f"{name} must have one value per channel ({channels}), got {list(value)}")
+        out.append(value)
+    if out[1] is not None and min(out[1]) <= 0:
+        raise ValueError(f"std must be positive, got {list(out[1])}")
+    return out[0], out[1]
 
 
 class TensorDataModule(L.LightningDataModule):
-    """Base class for datasets held in memory as :class:`TensorSplit` objects.
+    """Base class of the datamodules: the contract models and callbacks rely on, and the loaders.
+
+    What every datamodule declares (:func:`stn.tasks.build` sizes and normalizes the model from
+    it). Reading these never loads data nor generates canvases: a value measured from the data
+    (the mean and std of generated canvases or of an image folder) is set by :meth:`setup`, and
+    reading it before raises ``RuntimeError`` saying so.
+
+    - :attr:`classes` (names in label order) and :attr:`num_classes`;
+    - :attr:`image_shape`: ``(C, H, W)`` of the batches' images;
+    - :attr:`mean`, :attr:`std`: per-channel statistics of the images in [0, 1], for models that
+      normalize;
+    - :attr:`has_boxes`: whether batches carry true ``"box"`` es.
 
     Subclasses implement :meth:`load` (read the files once, return train and test splits as
-    uint8 tensors on the CPU) and may override :meth:`train_transform` / :meth:`eval_transform`.
-    The last ``val_size`` training samples (after a seeded shuffle) form the validation split.
+    uint8 tensors on the CPU), declare the attributes above (class attributes or properties) and
+    may override :meth:`train_transform` / :meth:`eval_transform`. The last ``val_size``
+    training samples (after a seeded shuffle) form the validation split.
 
     Args:
         data_dir: folder with the dataset files (``paths.data_dir``).
@@ -190,19 +125,21 @@ class TensorDataModule(L.LightningDataModule):
             data.
     """
 
-    #: class names in label order; set by subclasses
+    #: class names in label order
     classes: Sequence[str] = ()
+    #: whether batches carry ``"box"``: (B, 4) true boxes ``(x1, y1, x2, y2)`` in image pixels
+    has_boxes: bool = False
 
     def __init__(
         self,
         data_dir: str,
+        *,
         batch_size: int = 128,
         eval_batch_size: Optional[int] = None,
         val_size: int = 5000,
         seed: int = 0,
         download: bool = True,
         device: str = "auto",
-        *,
         split_seed: int = 0,
     ) -> None:
         super().__init__()
@@ -218,7 +155,36 @@ class TensorDataModule(L.LightningDataModule):
         self.device = device
         self.splits: Dict[str, TensorSplit] = {}
 
-    # -- for subclasses -------------------------------------------------------------------------
+    # -- the contract -----------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        """``(C, H, W)`` of the images in a batch."""
+        raise NotImplementedError(f"{type(self).__name__} must declare image_shape (C, H, W)")
+
+    @property
+    def mean(self) -> Tuple[float, ...]:
+        """Per-channel mean of the images in [0, 1]."""
+        raise NotImplementedError(f"{type(self).__name__} must declare mean (one value per channel)")
+
+    @property
+    def std(self) -> Tuple[float, ...]:
+        """Per-channel standard deviation of the images in [0, 1]."""
+        raise NotImplementedError(f"{type(self).__name__} must declare std (one value per channel)")
+
+    def measured(self, name: str, value: Any, hint: str = "") -> Any:
+        """``value``, the attribute ``name`` that :meth:`setup` measures; a clear error while unset."""
+        if value is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.{name} is measured from the data by setup(): call setup() "
+                f"before reading it{hint}"
+            )
+        return value
+
+    # -- for subclasses ---------------------------------------------------------------------------
     def load(self) -> Tuple[TensorSplit, TensorSplit]:
         """Read the dataset: (train, test) uint8 splits on the CPU."""
         raise NotImplementedError
@@ -229,17 +195,7 @@ class TensorDataModule(L.LightningDataModule):
     def eval_transform(self, batch: Batch, generator: torch.Generator) -> Batch:
         return to_float(batch, generator)
 
-    # -- shape information for models and callbacks --------------------------------------------
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def has_boxes(self) -> bool:
-        self.setup()
-        return self.splits["test"].boxes is not None
-
-    # -- Lightning hooks ------------------------------------------------------------------------
+    # -- Lightning hooks --------------------------------------------------------------------------
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits:
             return
@@ -262,12 +218,18 @@ class TensorDataModule(L.LightningDataModule):
         trainer = self.trainer
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
-    def _loader(self, name: str, train: bool) -> TensorLoader:
+    # -- loaders ----------------------------------------------------------------------------------
+    def make_loader(self, name: str, **options) -> EpochLoader:
+        """The loader of split ``name`` with the :class:`~stn.data.loaders.EpochLoader` options;
+        subclasses that do not hold their splits in memory return another loader here."""
+        return TensorLoader(self.splits[name], **options)
+
+    def _loader(self, name: str, train: bool) -> EpochLoader:
         self.setup()
         trainer = self.trainer
-        return TensorLoader(
-            self.splits[name],
-            self.batch_size if train else self.eval_batch_size,
+        return self.make_loader(
+            name,
+            batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             drop_last=train,
             transform=self.train_transform if train else self.eval_transform,
@@ -278,11 +240,11 @@ class TensorDataModule(L.LightningDataModule):
             world_size=trainer.world_size if trainer is not None and train else 1,
         )
 
-    def train_dataloader(self) -> TensorLoader:
+    def train_dataloader(self) -> EpochLoader:
         return self._loader("train", train=True)
 
-    def val_dataloader(self) -> TensorLoader:
+    def val_dataloader(self) -> EpochLoader:
         return self._loader("val", train=False)
 
-    def test_dataloader(self) -> TensorLoader:
+    def test_dataloader(self) -> EpochLoader:
         return self._loader("test", train=False)

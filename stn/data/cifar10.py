@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torchvision import datasets
@@ -76,20 +76,13 @@ class CIFAR10DataModule(TensorDataModule):
     def __init__(
         self,
         data_dir: str,
-        batch_size: int = 128,
-        eval_batch_size: Optional[int] = None,
-        val_size: int = 5000,
-        seed: int = 0,
-        split_seed: int = 0,
-        download: bool = True,
-        device: str = "auto",
+        *,
         crop_padding: int = 4,
         padding_mode: str = "reflect",
         flip: bool = True,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            data_dir, batch_size, eval_batch_size, val_size, seed, download, device, split_seed=split_seed
-        )
+        super().__init__(data_dir, **kwargs)
         self.augment = CropFlip(crop_padding, padding_mode, flip)
 
     def load(self) -> Tuple[TensorSplit, TensorSplit]:

@@ -22,17 +22,18 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from .augment import CropFlip
-from .base import Batch, BatchTransform, DataMissingError, TensorDataModule, TensorSplit, derive_seed
+from .base import DataMissingError, TensorDataModule, TensorSplit, check_statistics
 from .decode import ImageDecoder, Size, UnreadableImagesError, decode_files
+from .loaders import Batch, EpochLoader, StreamLoader
 
 log = logging.getLogger(__name__)
 
@@ -68,64 +69,6 @@ class _FileDataset(Dataset):
             raise UnreadableImagesError({path: f"{type(err).__name__}: {err}"}) from None
 
 
-class StreamLoader:
-    """Batches decoded on the fly by DataLoader workers, as the same dicts :class:`TensorLoader` makes.
-
-    Only for data that does not fit in memory. Shuffling and sharding use a
-    :class:`~torch.utils.data.DistributedSampler` seeded by ``(seed, epoch)``, so every rank runs
-    the same number of batches; the batched ``transform`` (augmentation, float conversion) runs on
-    ``device`` with a generator seeded like :class:`TensorLoader`'s.
-    """
-
-    def __init__(
-        self,
-        dataset: Dataset,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        drop_last: bool = False,
-        transform: Optional[BatchTransform] = None,
-        seed: int = 0,
-        device: Optional[torch.device] = None,
-        epoch_fn: Optional[Callable[[], int]] = None,
-        rank: int = 0,
-        world_size: int = 1,
-        num_workers: int = 0,
-    ) -> None:
-        from .base import to_float
-
-        self.device = torch.device(device or "cpu")
-        self.transform = transform or to_float
-        self.seed, self.epoch_fn, self.rank = seed, epoch_fn, rank
-        self.sampler = DistributedSampler(dataset, world_size, rank, shuffle=shuffle, seed=seed)
-        self.loader = DataLoader(
-            dataset,
-            batch_size,
-            sampler=self.sampler,
-            drop_last=drop_last,
-            num_workers=num_workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=num_workers > 0,
-        )
-        self._calls = 0
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[Batch]:
-        epoch = self.epoch_fn() if self.epoch_fn is not None else self._calls
-        self._calls += 1
-        self.sampler.set_epoch(epoch)
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(derive_seed(self.seed, epoch, self.rank))
-        for images, labels in self.loader:
-            batch = {
-                "image": images.to(self.device, non_blocking=True),
-                "label": labels.to(self.device, non_blocking=True),
-            }
-            yield self.transform(batch, gen)
-
-
 class ImageFolderDataModule(TensorDataModule):
     """Images in class folders, ``train/``, ``test/`` and optionally ``val/`` under ``data_dir``.
 
@@ -155,6 +98,7 @@ class ImageFolderDataModule(TensorDataModule):
     def __init__(
         self,
         data_dir: str,
+        *,
         batch_size: int = 128,
         eval_batch_size: Optional[int] = None,
         val_size: Union[int, float] = 0.1,
@@ -175,16 +119,21 @@ class ImageFolderDataModule(TensorDataModule):
         num_workers: Optional[int] = None,
         skip_unreadable: bool = False,
     ) -> None:
-        super().__init__(data_dir, batch_size, eval_batch_size, 0, seed, False, device, split_seed=split_seed)
+        super().__init__(
+            data_dir,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            val_size=0,  # held out by setup() below: an int or a fraction of train/
+            seed=seed,
+            download=False,
+            device=device,
+            split_seed=split_seed,
+        )
         if val_size < 0 or (isinstance(val_size, float) and val_size >= 1):
             raise ValueError(f"val_size must be an int >= 0 or a fraction in [0, 1), got {val_size}")
         self.val_size = val_size
         self.decoder = ImageDecoder(channels, image_size, resize, center_crop)
-        for name, v in (("mean", mean), ("std", std)):
-            if v is not None and len(v) != channels:
-                raise ValueError(f"{name} needs {channels} values (one per channel), got {list(v)}")
-        self._mean = tuple(mean) if mean is not None else None
-        self._std = tuple(std) if std is not None else None
+        self._mean, self._std = check_statistics(mean, std, channels)
         self.augment = CropFlip(crop_padding, padding_mode, flip)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.max_memory_gb = max_memory_gb
@@ -215,35 +164,22 @@ class ImageFolderDataModule(TensorDataModule):
     def image_shape(self) -> Tuple[int, int, int]:
         if self.decoder.image_size is not None:
             return (self.decoder.channels, *self.decoder.image_size)
-        self.setup()
+        if self._shape is None:  # cheap: the first training file that decodes, not the folder
+            self._shape = self._first_shape(self._samples(self._folder("train")))
         return self._shape
 
     @property
     def mean(self) -> Tuple[float, ...]:
-        self._fill_stats()
-        return self._mean
+        return self.measured("mean", self._mean, " (or give data.mean)")
 
     @property
     def std(self) -> Tuple[float, ...]:
-        self._fill_stats()
-        return self._std
-
-    def _fill_stats(self) -> None:
-        if self._mean is None or self._std is None:
-            mean, std = self._stats()
-            log.info("%s: training images have mean %s, std %s", self.data_dir, mean, std)
-            self._mean = self._mean or mean
-            self._std = self._std or std
-
-    @property
-    def has_boxes(self) -> bool:
-        return False
+        return self.measured("std", self._std, " (or give data.std)")
 
     @property
     def streaming(self) -> bool:
         """Whether batches are decoded on the fly (the data did not fit in ``max_memory_gb``)."""
-        self.setup()
-        return bool(self.streams)
+        return self.measured("streaming", bool(self.streams) if self.splits or self.streams else None)
 
     # -- reading --------------------------------------------------------------------------------
     def _folder(self, split: str, required: bool = True) -> Optional[Path]:
@@ -360,6 +296,11 @@ class ImageFolderDataModule(TensorDataModule):
                 samples["train"] = [train[i] for i in kept]
                 samples["val"] = [train[i] for i in held_out]
             self.streams = {name: samples.get(name, samples["test"]) for name in ("train", "val", "test")}
+        if self._mean is None or self._std is None:
+            mean, std = self._measure_statistics()
+            log.info("%s: training images have mean %s, std %s", self.data_dir, mean, std)
+            self._mean = self._mean or mean
+            self._std = self._std or std
 
     def _first_shape(self, samples: Samples) -> Tuple[int, int, int]:
         """The files' own size, from the first that decodes (the others are named when decoded)."""
@@ -378,9 +319,8 @@ class ImageFolderDataModule(TensorDataModule):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
         return perm[:k], perm[k:]
 
-    def _stats(self) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    def _measure_statistics(self) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
         """Per-channel mean and std of the training images in [0, 1] (streaming: 2,000 of them)."""
-        self.setup()
         if self.splits:
             images = self.splits["train"].images
         else:
@@ -404,21 +344,8 @@ class ImageFolderDataModule(TensorDataModule):
     def train_transform(self, batch: Batch, generator: torch.Generator) -> Batch:
         return self.augment(batch, generator)
 
-    def _loader(self, name: str, train: bool):
-        self.setup()
-        if self.splits:
-            return super()._loader(name, train)
-        trainer = self.trainer
-        return StreamLoader(
-            _FileDataset(self.streams[name], self.decoder),
-            self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train,
-            transform=self.train_transform if train else self.eval_transform,
-            seed=self.seed,
-            device=self._device(),
-            epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
-            rank=trainer.global_rank if trainer is not None and train else 0,
-            world_size=trainer.world_size if trainer is not None and train else 1,
-            num_workers=self.num_workers,
-        )
+    def make_loader(self, name: str, **options) -> EpochLoader:
+        if not self.streams:
+            return super().make_loader(name, **options)
+        dataset = _FileDataset(self.streams[name], self.decoder)
+        return StreamLoader(dataset, num_workers=self.num_workers, **options)

@@ -168,6 +168,11 @@ def test_mean_std_computed_or_given(tiny_imagefolder_dir):
     given = module(tiny_imagefolder_dir, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
     assert given.mean == (0.5, 0.5, 0.5) and given.std == (0.25, 0.25, 0.25) and not given.splits
     half = module(tiny_imagefolder_dir, val_size=12, std=[0.25, 0.25, 0.25])
+    assert half.std == (0.25, 0.25, 0.25)  # given: known before setup
+    with pytest.raises(RuntimeError, match=r"ImageFolderDataModule.mean is measured .* call setup\(\)"):
+        _ = half.mean  # measured: reading it decodes nothing
+    assert not half.splits and not half.streams
+    half.setup()
     assert half.std == (0.25, 0.25, 0.25) and half.mean == dm.mean
     with pytest.raises(ValueError, match="mean"):
         module(tiny_imagefolder_dir, mean=[0.5])
@@ -191,6 +196,10 @@ def _batches(loader) -> list[dict]:
 def test_streaming_fallback_matches_memory(tiny_imagefolder_dir):
     mem = module(tiny_imagefolder_dir, val_size=12, batch_size=8)
     stream = module(tiny_imagefolder_dir, val_size=12, batch_size=8, max_memory_gb=0)
+    with pytest.raises(RuntimeError, match="streaming"):
+        _ = stream.streaming  # decided by setup()
+    stream.setup()
+    mem.setup()
     assert stream.streaming and not mem.streaming and not stream.splits
     assert stream.image_shape == mem.image_shape == (3, 32, 32)
     for name in ("val", "test"):

@@ -333,8 +333,11 @@ def test_batches_device_dtype_and_range(rect_mnist):
 
 def test_mean_std_computed_from_validation_canvases_or_given(rect_mnist):
     dm = make(TranslatedMNISTDataModule, rect_mnist)
+    with pytest.raises(RuntimeError, match=r"TranslatedMNISTDataModule.mean is measured .* setup\(\)"):
+        _ = dm.mean  # reading it generates nothing
     val = dm.splits if dm.splits else None
-    mean, std = dm.mean, dm.std  # triggers setup
+    dm.setup()
+    mean, std = dm.mean, dm.std
     images = dm.splits["val"].images.float() / 255
     assert val is None and mean == pytest.approx((images.mean().item(),), abs=1e-4)
     assert std == pytest.approx((images.std().item(),), abs=1e-4)

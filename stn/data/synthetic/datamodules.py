@@ -13,7 +13,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..base import Batch, TensorDataModule, TensorSplit, derive_seed, to_float
+from ..base import TensorDataModule, TensorSplit, check_statistics
+from ..loaders import Batch, derive_seed, to_float
 from ..mnist import load_mnist
 from .canvas import DIGIT_SIZE, Composition, clutter, translate
 from .distortions import DISTORTIONS, ELASTIC_ALPHA, ELASTIC_SIGMA, distort
@@ -45,13 +46,14 @@ class SyntheticMNISTDataModule(TensorDataModule):
         data_dir: folder holding ``MNIST/raw``.
         fixed_train: one fixed set of training canvases instead of fresh ones every epoch.
         mean, std: per-channel normalization statistics of the canvases in [0, 1], for models
-            that normalize; default: computed from the fixed validation canvases (test canvases
-            when ``val_size == 0``), which triggers :meth:`setup` on first access.
-        batch_size, eval_batch_size, val_size, seed, download, device, split_seed: as in
-            :class:`~stn.data.base.TensorDataModule`.
+            that normalize; default: measured by :meth:`setup` on the fixed validation canvases
+            (test canvases when ``val_size == 0``), so reading them before ``setup()`` raises.
+        **kwargs: ``batch_size``, ``eval_batch_size``, ``val_size``, ``seed``, ``download``,
+            ``device``, ``split_seed`` of :class:`~stn.data.base.TensorDataModule`.
     """
 
     classes = tuple(str(i) for i in range(10))
+    has_boxes = True
 
     def __init__(
         self,
@@ -60,27 +62,13 @@ class SyntheticMNISTDataModule(TensorDataModule):
         fixed_train: bool = False,
         mean: Optional[Sequence[float]] = None,
         std: Optional[Sequence[float]] = None,
-        batch_size: int = 128,
-        eval_batch_size: Optional[int] = None,
-        val_size: int = 5000,
-        seed: int = 0,
-        download: bool = True,
-        device: str = "auto",
-        split_seed: int = 0,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            data_dir, batch_size, eval_batch_size, val_size, seed, download, device, split_seed=split_seed
-        )
+        super().__init__(data_dir, **kwargs)
         if not isinstance(fixed_train, bool):
             raise ValueError(f"fixed_train must be true or false, got {fixed_train!r}")
-        for name, value in (("mean", mean), ("std", std)):
-            if value is not None and len(value) != 1:
-                raise ValueError(f"{name} must have one value per channel (1 for MNIST), got {list(value)}")
-        if std is not None and min(std) <= 0:
-            raise ValueError(f"std must be positive, got {list(std)}")
         self.fixed_train = fixed_train
-        self._mean = None if mean is None else tuple(float(m) for m in mean)
-        self._std = None if std is None else tuple(float(s) for s in std)
+        self._mean, self._std = check_statistics(mean, std, channels=1)
 
     # -- for subclasses ---------------------------------------------------------------------
     #: side of the square canvas
@@ -103,18 +91,13 @@ class SyntheticMNISTDataModule(TensorDataModule):
 
     @property
     def mean(self) -> Tuple[float, ...]:
-        if self._mean is None:
-            self._stats()
-        return self._mean
+        return self.measured("mean", self._mean, " (or give data.mean)")
 
     @property
     def std(self) -> Tuple[float, ...]:
-        if self._std is None:
-            self._stats()
-        return self._std
+        return self.measured("std", self._std, " (or give data.std)")
 
-    def _stats(self) -> None:
-        self.setup()
+    def _measure_statistics(self) -> None:
         images = self.splits["val"].images.float().div_(255)
         mean = images.mean(dim=(0, 2, 3))
         std = images.std(dim=(0, 2, 3))
@@ -149,6 +132,8 @@ class SyntheticMNISTDataModule(TensorDataModule):
         val = test if raw["val"] is raw["test"] else self.generate(raw["val"], _VAL_TAG)
         train = self.generate(raw["train"], _TRAIN_TAG) if self.fixed_train else raw["train"]
         self.splits = {"train": train, "val": val, "test": test}
+        if self._mean is None or self._std is None:
+            self._measure_statistics()
 
     # -- transforms -------------------------------------------------------------------------
     def train_transform(self, batch: Batch, generator: torch.Generator) -> Batch:
@@ -178,7 +163,7 @@ class TranslatedMNISTDataModule(SyntheticMNISTDataModule):
             arguments (see :class:`SyntheticMNISTDataModule`).
     """
 
-    def __init__(self, data_dir: str, canvas_size: int = 60, **kwargs) -> None:
+    def __init__(self, data_dir: str, *, canvas_size: int = 60, **kwargs) -> None:
         super().__init__(data_dir, **kwargs)
         self.canvas_size = _check_int("canvas_size", canvas_size, DIGIT_SIZE, " (the 28x28 digit must fit)")
 
@@ -197,7 +182,7 @@ class ClutteredMNISTDataModule(SyntheticMNISTDataModule):
     """
 
     def __init__(
-        self, data_dir: str, canvas_size: int = 60, num_pieces: int = 4, piece_size: int = 8, **kwargs
+        self, data_dir: str, *, canvas_size: int = 60, num_pieces: int = 4, piece_size: int = 8, **kwargs
     ) -> None:
         super().__init__(data_dir, **kwargs)
         self.canvas_size = _check_int("canvas_size", canvas_size, DIGIT_SIZE, " (the 28x28 digit must fit)")
@@ -226,6 +211,7 @@ class DistortedMNISTDataModule(SyntheticMNISTDataModule):
     def __init__(
         self,
         data_dir: str,
+        *,
         distortion: str = "rts",
         canvas_size: Optional[int] = None,
         max_angle: Optional[float] = None,
