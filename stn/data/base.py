@@ -7,15 +7,14 @@ loaders in one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import lightning as L
 import torch
-from torch import Tensor
 
 from .loaders import Batch, EpochLoader, TensorLoader, to_float
+from .split import TensorSplit
 
 __all__ = ["DataMissingError", "TensorDataModule", "TensorSplit", "check_statistics"]
 
@@ -39,38 +38,6 @@ class DataMissingError(RuntimeError):
             "variable STN_DATA_DIR."
         )
         super().__init__(msg)
-
-
-@dataclass
-class TensorSplit:
-    """A whole split in memory: uint8 images (N, C, H, W), int64 labels (N,), optional boxes (N, 4)."""
-
-    images: Tensor
-    labels: Tensor
-    boxes: Optional[Tensor] = None
-
-    def __post_init__(self) -> None:
-        if self.images.dim() != 4 or self.images.dtype != torch.uint8:
-            raise ValueError(
-                f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
-            )
-        n = self.images.shape[0]
-        if self.labels.shape != (n,):
-            raise ValueError(f"labels must have shape ({n},), got {tuple(self.labels.shape)}")
-        if self.boxes is not None and self.boxes.shape != (n, 4):
-            raise ValueError(f"boxes must have shape ({n}, 4), got {tuple(self.boxes.shape)}")
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def to(self, device: torch.device) -> "TensorSplit":
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return TensorSplit(move(self.images), move(self.labels.long()), move(self.boxes))
-
-    def subset(self, index: Tensor) -> "TensorSplit":
-        return TensorSplit(
-            self.images[index], self.labels[index], None if self.boxes is None else self.boxes[index]
-        )
 
 
 def check_statistics(

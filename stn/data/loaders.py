@@ -16,14 +16,13 @@ of a split held in memory; :class:`StreamLoader` decodes files with DataLoader w
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-if TYPE_CHECKING:  # base imports this module
-    from .base import TensorSplit
+from .split import TensorSplit
 
 Batch = Dict[str, Tensor]
 # A transform maps a batch of raw uint8 samples to a training batch, on the device the data lives
@@ -105,7 +104,7 @@ class EpochLoader:
 
 
 class TensorLoader(EpochLoader):
-    """Iterate over batches of a :class:`~stn.data.base.TensorSplit` without a DataLoader.
+    """Iterate over batches of a :class:`~stn.data.split.TensorSplit` without a DataLoader.
 
     The split is moved to ``device`` once (default: where it is); each batch is an index into it,
     followed by the transform (composition, augmentation, float conversion) run on that device in
@@ -117,7 +116,7 @@ class TensorLoader(EpochLoader):
         batch_size, **options: as in :class:`EpochLoader`.
     """
 
-    def __init__(self, split: "TensorSplit", batch_size: int, **options) -> None:
+    def __init__(self, split: TensorSplit, batch_size: int, **options) -> None:
         if options.get("device") is None:
             options["device"] = split.images.device
         super().__init__(batch_size, **options)
