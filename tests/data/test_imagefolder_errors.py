@@ -106,7 +106,17 @@ def test_skipped_files_survive_the_cache(broken_folder, tmp_path):
 
 def test_streamed_unreadable_file_is_named(broken_folder):
     root, bad = broken_folder
-    dm = ImageFolderDataModule(str(root), val_size=0, num_workers=0, max_memory_gb=1e-9, batch_size=60)
+    # mean/std given: setup() then decodes no training file to measure them
+    dm = ImageFolderDataModule(
+        str(root),
+        val_size=0,
+        num_workers=0,
+        max_memory_gb=1e-9,
+        batch_size=60,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+    )
+    dm.setup()
     assert dm.streaming
     with pytest.raises(UnreadableImagesError, match=str(bad["truncated"]).replace(".", r"\.")):
         list(dm.train_dataloader())
