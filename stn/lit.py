@@ -55,7 +55,7 @@ def nonfinite_tensors(module: nn.Module) -> list[str]:
     return [n for (n, _), b in zip(named, bad) if b]
 
 
-class GlimpseClassifier(L.LightningModule):
+class LitClassifier(L.LightningModule):
     """Trains a classifier (glimpse model or plain CNN) end to end with cross-entropy.
 
     The model maps images (B, C, H, W) in [0, 1] to a dict with ``"logits"`` (B, classes) and,
@@ -288,3 +288,8 @@ class GlimpseClassifier(L.LightningModule):
 def _first_box(boxes: Tensor) -> Tensor:
     """(B, 4) from (B, 4) or the first glimpse of (B, G, 4)."""
     return boxes if boxes.dim() == 2 else boxes[:, 0]
+
+
+# The class's name before it was renamed: the config saved in checkpoints written before then
+# (``stn_config`` -> ``module._target_``) names it, and eval.py builds the module from that config.
+GlimpseClassifier = LitClassifier

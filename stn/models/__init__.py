@@ -10,6 +10,7 @@ from .affine_stn import AffineSTN
 from .attention import AttentionModel
 from .backbones import CifarNet, DigitNet
 from .cnn import CNNModel
+from .glimpse_model import GlimpseModel
 from .localization import AffineHead, BoxHead, Localizer
 from .multi_glimpse import MultiGlimpseModel
 
@@ -21,6 +22,7 @@ __all__ = [
     "CifarNet",
     "CNNModel",
     "DigitNet",
+    "GlimpseModel",
     "Localizer",
     "MultiGlimpseModel",
 ]
