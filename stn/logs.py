@@ -6,8 +6,8 @@
   ``error``, ``tested_checkpoint``), read back by the sweep summary (stn/sweep.py).
 - :func:`hyperparameters` and :func:`log_hparams_with_metrics`: TensorBoard's HParams tab shows the
   runs of a sweep side by side with their final metrics.
-- :func:`quiet_lightning`, :class:`MetricFreeModelSummary`, :func:`run_summary`: what the console
-  and the run's ``train.log`` show (Hydra sends our log and Lightning's to both,
+- :func:`quiet_lightning`, :class:`MetricFreeModelSummary`, :class:`EpochLog`, :func:`run_summary`:
+  what the console and the run's ``train.log`` show (Hydra sends our log and Lightning's to both,
   configs/hydra/default.yaml).
 """
 
@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shlex
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -34,10 +35,14 @@ from torchmetrics import Metric
 
 from stn.sweep_jobs import METRIC_ORDER, WALL_TIME
 
+log = logging.getLogger(__name__)
+
 # Sections of the config that define what a checkpoint contains; eval.py rebuilds them.
 MODEL_SECTIONS = ("data", "model", "module")
 # Final metrics that no Lightning logger has written (stn.tasks.train measures them itself).
 OWN_SCALARS = ("time/",)
+# Metrics of EpochLog's line.
+EPOCH_METRICS = ("train/loss", "val/loss", "val/acc", "val/acc_best", "val/iou50")
 # Metrics in the end-of-run summary (besides the optimized metric).
 MAIN_METRICS = ("val/acc_best", "test/acc", "test/iou50", WALL_TIME)
 
@@ -227,6 +232,22 @@ class MetricFreeModelSummary(ModelSummary):
                 layer.detach_hook()
                 del layers[name]
         return summary
+
+
+class EpochLog(L.Callback):
+    """One log line per training epoch, for runs without a progress bar (output not a terminal):
+    the epoch, its main metrics (EPOCH_METRICS) and its wall time."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.time()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not is_rank_zero():
+            return
+        metrics = trainer.callback_metrics
+        shown = ", ".join(f"{k} {float(metrics[k]):.4f}" for k in EPOCH_METRICS if k in metrics)
+        elapsed = time.time() - getattr(self, "_start", time.time())
+        log.info("Epoch %d/%d: %s (%.0f s)", trainer.current_epoch + 1, trainer.max_epochs, shown, elapsed)
 
 
 def run_summary(

@@ -27,6 +27,7 @@ from stn.data.base import DataMissingError, TensorDataModule
 from stn.inference import build_model, data_info
 from stn.logs import (
     MODEL_SECTIONS,
+    EpochLog,
     MetricFreeModelSummary,
     hyperparameters,
     is_rank_zero,
@@ -67,7 +68,8 @@ def build_trainer(cfg: DictConfig, extra_callbacks: List[L.Callback] = ()) -> L.
     """The Trainer with the configured callbacks and loggers.
 
     ``trainer.enable_progress_bar: null`` shows the progress bar only when stdout is a terminal (a
-    redirected log would get every redraw); the model summary leaves out the metric objects.
+    redirected log would get every redraw), else one line per epoch (:class:`~stn.logs.EpochLog`);
+    the model summary leaves out the metric objects.
     """
     quiet_lightning()
     callbacks = instantiate_all(cfg.get("callbacks")) + list(extra_callbacks)
@@ -75,6 +77,8 @@ def build_trainer(cfg: DictConfig, extra_callbacks: List[L.Callback] = ()) -> L.
     overrides: Dict[str, Any] = {}
     if cfg.trainer.get("enable_progress_bar") is None:
         overrides["enable_progress_bar"] = sys.stdout.isatty()
+        if not overrides["enable_progress_bar"]:
+            callbacks.append(EpochLog())
     if cfg.trainer.get("enable_model_summary") is not False:
         callbacks.append(MetricFreeModelSummary())
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)

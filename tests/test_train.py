@@ -241,6 +241,7 @@ def test_cli_train_then_eval(tmp_path, tiny_mnist_dir):
         assert f"tensorboard --logdir {run}" in text
         assert f"test/acc {saved['test/acc']:.4f}" in text
     assert "GPU available" in log_text and "AttentionModel" in log_text
+    assert "Epoch 2/2: train/loss " in log_text  # one line per epoch instead of the progress bar
     last = run / "checkpoints" / "last.ckpt"
     res = run_cli(
         "eval.py",
@@ -350,6 +351,9 @@ def test_cli_interrupted_run_keeps_checkpoint_and_resumes(tmp_path, tiny_mnist_d
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0 or "max_epochs=3` reached" in output
+    if proc.returncode != 0:  # stopped by the Ctrl-C, not finished before it: the folder says so
+        saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+        assert saved["status"] == "interrupted", (saved, output[-3000:])
     interrupted = torch.load(last, map_location="cpu", weights_only=True)
     res = run_cli("train.py", args + [f"ckpt_path={last}"], tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)})
     assert res.returncode == 0, res.stderr[-3000:]
