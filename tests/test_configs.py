@@ -30,7 +30,9 @@ SUPPLIED = {
     "stn.models.AffineHead": {"in_features"},
     "stn.models.DigitNet": {"in_channels", "num_classes", "input_size"},
     "stn.models.CifarNet": {"in_channels", "num_classes", "input_size"},
-    "stn.lit.one_cycle": {"optimizer", "total_steps"},
+    # div_factor and final_div_factor keep their defaults out of the config, so that another
+    # scheduler (module.scheduler._target_=...) needs only ~module.scheduler.pct_start
+    "stn.lit.one_cycle": {"optimizer", "total_steps", "div_factor", "final_div_factor"},
 }
 
 
