@@ -16,7 +16,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.ops import box_area
 
-from stn.metrics import BoxIoU
+from stn.metrics import BoxIoU, GlimpseHits
 
 
 def one_cycle(
@@ -127,6 +127,7 @@ class LitClassifier(L.LightningModule):
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
         self.val_iou, self.test_iou = BoxIoU(), BoxIoU()
+        self.val_hits, self.test_hits = GlimpseHits(), GlimpseHits()
         self._nonfinite = torch.zeros((), dtype=torch.bool)
 
     def setup(self, stage: str) -> None:
@@ -215,6 +216,11 @@ class LitClassifier(L.LightningModule):
         if "box" in batch and "boxes" in out:
             iou = getattr(self, f"{stage}_iou")
             iou.update(_first_box(out["boxes"]), batch["box"])
+        if "boxes" in batch and "boxes" in out:  # several objects per image: every glimpse is scored
+            marked = batch["digit_labels"] == batch["label"][:, None]
+            getattr(self, f"{stage}_hits").update(
+                out["boxes"].reshape(len(marked), -1, 4), batch["boxes"], marked
+            )
         # Boxes go to callbacks (histograms, pictures); nothing heavy.
         return {"boxes": out["boxes"].detach()} if "boxes" in out else {}
 
@@ -231,10 +237,18 @@ class LitClassifier(L.LightningModule):
             self.log(f"{stage}/iou", mean_iou)
             self.log(f"{stage}/iou50", iou50)
             iou.reset()
+        hits = getattr(self, f"{stage}_hits")
+        if hits.update_called:  # multi-object data: over all glimpses, with each one's nearest object
+            mean_iou, iou50, seen = hits.compute()
+            self.log(f"{stage}/iou", mean_iou)
+            self.log(f"{stage}/iou50", iou50)
+            self.log(f"{stage}/label_digits_seen", seen)
+            hits.reset()
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             self.val_iou.reset()
+            self.val_hits.reset()
             return
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)

@@ -430,9 +430,16 @@ def test_real_mnist_smoke_accuracy_floor(tmp_path, real_mnist_dir):
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
 
 
+# Megapixel canvases scaled down so the experiment trains in seconds (the model adapts to any size).
+SMALL = {
+    "megapixel": ["data.canvas_size=300", "data.num_noise=10", "data.train_size=96", "data.test_size=32"]
+}
+
+
 def experiment_cfg(name: str, out: Path, data_dirs: dict, extra=()):
     data = data_dirs["cifar"] if name.startswith("cifar10") else data_dirs["mnist"]
-    return make_cfg("train", out, FAST + [f"experiment={name}", f"paths.data_dir={data}", *extra])
+    small = [o for prefix, overrides in SMALL.items() if name.startswith(prefix) for o in overrides]
+    return make_cfg("train", out, FAST + small + [f"experiment={name}", f"paths.data_dir={data}", *extra])
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from .cnn import CNNModel
 from .glimpse_model import GlimpseModel
 from .localization import AffineHead, BoxHead, Localizer
 from .multi_glimpse import MultiGlimpseModel
+from .strided_cnn import StridedCNN
+from .topk_glimpse import ScoreMap, TopKGlimpseModel
 
 __all__ = [
     "AffineHead",
@@ -25,4 +27,7 @@ __all__ = [
     "GlimpseModel",
     "Localizer",
     "MultiGlimpseModel",
+    "ScoreMap",
+    "StridedCNN",
+    "TopKGlimpseModel",
 ]
