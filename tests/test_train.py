@@ -431,9 +431,8 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.y
 
 
 # Megapixel canvases scaled down so the experiment trains in seconds (the model adapts to any size).
-SMALL = {
-    "megapixel": ["data.canvas_size=300", "data.num_noise=10", "data.train_size=96", "data.test_size=32"]
-}
+MEGAPIXEL_SMALL = ["data.canvas_size=300", "data.num_noise=10", "data.train_size=96", "data.test_size=32"]
+SMALL = {"megapixel": MEGAPIXEL_SMALL}
 
 
 def experiment_cfg(name: str, out: Path, data_dirs: dict, extra=()):
