@@ -6,9 +6,11 @@ never moves (README, Large images). Here the localizer is fully convolutional: i
 cell of a low-resolution view, the K best-scoring local maxima seed K boxes, and small per-cell
 offsets (position and size, zero at the start) refine each box through the glimpse's gradient.
 The scores reach the loss through the attention weights that pool the glimpse features, so cells
-whose glimpses help the classification rise; in training, Gumbel noise on the scores makes the
-top-k a sample without replacement (attention sampling, Katharopoulos & Fleuret 2019, draws its
-patches from such a map), so cells that have never been looked at still get tried.
+whose glimpses help the classification rise, and cells whose glimpses do not sink, so others get
+their turn. Optionally (``explore``), Gumbel noise on the scores in training makes the top-k a
+sample without replacement (attention sampling, Katharopoulos & Fleuret 2019, draws its patches
+from such a map); at the start the scores of a black canvas are nearly equal, so even noise of
+scale 1 sends the glimpses to random cells and the classifier learns nothing (README).
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ class TopKGlimpseModel(GlimpseModel):
         box_size: float = 32.0,
         max_shift: float = 16.0,
         nms_window: int = 3,
-        explore: float = 1.0,
+        explore: float = 0.0,
         antialias: bool = True,
         padding_mode: str = "zeros",
         fill: Fill = 0.0,
