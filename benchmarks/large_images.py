@@ -38,7 +38,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 MODELS = {
     "attention (topk_glimpse)": ["experiment=megapixel_mnist"],
     "full-res CNN (stride-4 stem)": ["experiment=megapixel_mnist_cnn"],
-    "low-res CNN (0.12x view)": ["experiment=megapixel_mnist_cnn", "model.view_scale=0.12", "model.stem_stride=1"],
+    "low-res CNN (0.12x view)": [
+        "experiment=megapixel_mnist_cnn",
+        "model.view_scale=0.12",
+        "model.stem_stride=1",
+    ],
 }
 TRAIN_CANVASES = 4500  # 5000 less the 500 held out for validation
 
@@ -158,7 +162,8 @@ def main() -> None:
         f"{args.steps} timed steps, device {args.device}, {args.threads} threads; CPU: {cpu_model()}; "
         f"load average {load_average()}\n"
     )
-    print("| model | params | forward GFLOPs / image | peak training-batch memory (MB) | images/s | epoch (s) |")
+    header = ("model", "params", "forward GFLOPs / image", "peak training-batch MB", "images/s", "epoch (s)")
+    print("| " + " | ".join(header) + " |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(
@@ -167,7 +172,8 @@ def main() -> None:
         )
     att, full = rows[0], rows[1]
     print(
-        f"\nattention vs full-res CNN: {full['gflops_per_image'] / att['gflops_per_image']:.1f}x fewer FLOPs, "
+        f"\nattention vs full-res CNN: {full['gflops_per_image'] / att['gflops_per_image']:.1f}x fewer "
+        "FLOPs, "
         f"{full['peak_train_mb'] / max(att['peak_train_mb'], 1e-9):.1f}x less peak training memory, "
         f"{att['images_per_s'] / full['images_per_s']:.1f}x the training throughput"
     )

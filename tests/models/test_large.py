@@ -62,7 +62,7 @@ def test_topk_model_shapes_and_boxes_on_the_ink():
 
 
 def test_topk_seeds_are_distinct_local_maxima_and_exploration_is_training_only():
-    model = TopKGlimpseModel(num_glimpses=4, image_size=(SIZE, SIZE))
+    model = TopKGlimpseModel(num_glimpses=4, image_size=(SIZE, SIZE), explore=1.0)
     scores = torch.zeros(1, 18, 18)
     scores[0, 5, 5], scores[0, 5, 6], scores[0, 10, 10] = 3.0, 2.9, 2.0  # (5, 6) is no local maximum
     model.eval()
@@ -73,6 +73,8 @@ def test_topk_seeds_are_distinct_local_maxima_and_exploration_is_training_only()
     model.train()
     draws = {tuple(model.select(scores)[0].tolist()) for _ in range(10)}
     assert len(draws) > 1  # Gumbel top-k: a sample
+    model.explore = 0.0
+    assert torch.equal(model.select(scores), model.select(scores))  # the default: plain top-k
     with pytest.raises(ValueError, match="num_glimpses=400"):
         TopKGlimpseModel(num_glimpses=400, image_size=(SIZE, SIZE)).eval()(canvas([]))
 
