@@ -9,7 +9,10 @@ Usage::
 means ``data.canvas_size=100``); dotted keys (``paths.data_dir=...``) and ``seed=...`` go to the
 composed config as they are. The config is ``configs/train.yaml`` with ``data=<name>``, so the
 preview shows the very samples (same seed) a training run validates and tests on. Boxes are drawn
-one pixel outside the box's pixels, so the outline never covers the digit.
+one pixel outside the box's pixels, so the outline never covers the digit. Canvases larger than
+``MAX_SIDE`` are shown shrunk to it (anti-aliased, no upscaling); on data with several objects per
+canvas (Megapixel MNIST's ``boxes``) the digits of the label's class are drawn in ``BOX_COLOUR``,
+the others in ``OTHER_COLOUR``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from torch import Tensor
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 OPTIONS = {"data": None, "out": None, "n": "32", "nrow": "8", "scale": "2", "split": "test"}
 BOX_COLOUR = (255, 40, 40)
+OTHER_COLOUR = (0, 170, 255)
+MAX_SIDE = 512
 
 
 def parse_args(argv: Sequence[str]) -> Tuple[Dict[str, str], List[str]]:
@@ -108,14 +113,21 @@ def samples(datamodule, split: str, n: int) -> Dict[str, Tensor]:
     return {k: torch.cat(v)[:n] for k, v in out.items()}
 
 
-def draw(images: Tensor, boxes: Optional[Tensor], nrow: int = 8, scale: int = 2) -> Tensor:
+def draw(
+    images: Tensor,
+    boxes: Optional[Tensor],
+    nrow: int = 8,
+    scale: int = 2,
+    colours: Optional[Sequence[Sequence[Tuple[int, int, int]]]] = None,
+) -> Tensor:
     """A (3, H, W) float grid of images in [0, 1] with boxes drawn around their pixels.
 
     Args:
         images: (N, C, h, w) float in [0, 1], C = 1 or 3.
-        boxes: (N, 4) pixel ``(x1, y1, x2, y2)`` or None.
+        boxes: (N, 4) or (N, T, 4) pixel ``(x1, y1, x2, y2)``, or None.
         nrow: images per row.
         scale: integer upscaling (nearest) before drawing, so thin boxes stay visible.
+        colours: per image, one RGB colour per box; default ``BOX_COLOUR``.
     """
     from torchvision.utils import draw_bounding_boxes, make_grid
 
@@ -129,11 +141,10 @@ def draw(images: Tensor, boxes: Optional[Tensor], nrow: int = 8, scale: int = 2)
         if boxes is not None:
             # pixel box -> the outline one pixel outside it (draw_bounding_boxes includes both ends)
             h, w = tile.shape[-2:]
-            b = boxes[i].float() * scale + torch.tensor([-1.0, -1.0, 0.0, 0.0])
-            b = torch.stack(
-                [b[0].clamp(0, w - 1), b[1].clamp(0, h - 1), b[2].clamp(0, w - 1), b[3].clamp(0, h - 1)]
-            )
-            tile = draw_bounding_boxes(tile, b[None], colors=[BOX_COLOUR], width=1)
+            b = boxes[i].reshape(-1, 4).float() * scale + torch.tensor([-1.0, -1.0, 0.0, 0.0])
+            b[:, 0::2], b[:, 1::2] = b[:, 0::2].clamp(0, w - 1), b[:, 1::2].clamp(0, h - 1)
+            colour = list(colours[i]) if colours is not None else [BOX_COLOUR] * len(b)
+            tile = draw_bounding_boxes(tile, b, colors=colour, width=1)
         tiles.append(tile)
     return make_grid(torch.stack(tiles).float() / 255, nrow=nrow, padding=2, pad_value=0.5)
 
@@ -156,7 +167,17 @@ def preview(
         cfg.device = "cpu"
     datamodule = instantiate(cfg)
     batch = samples(datamodule, split, n)
-    grid = draw(batch["image"], batch.get("box"), nrow=nrow, scale=scale)
+    images, boxes, colours = batch["image"], batch.get("box"), None
+    if "boxes" in batch:  # several objects per canvas: the label's class in one colour, others in another
+        boxes = batch["boxes"]
+        marked = (batch["digit_labels"] == batch["label"][:, None]).tolist()
+        colours = [[BOX_COLOUR if m else OTHER_COLOUR for m in row] for row in marked]
+    side = max(images.shape[-2:])
+    if side > MAX_SIDE:  # large canvases: shrunk to fit, anti-aliased
+        f = MAX_SIDE / side
+        images = torch.nn.functional.interpolate(images, scale_factor=f, mode="bilinear", antialias=True)
+        boxes, scale = (None if boxes is None else boxes * f), 1
+    grid = draw(images, boxes, nrow=nrow, scale=scale, colours=colours)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, out)
@@ -164,7 +185,7 @@ def preview(
     rows = [" ".join(str(v) for v in labels[i : i + nrow]) for i in range(0, len(labels), nrow)]
     print(
         f"{out}: {len(labels)} {split} samples of {name}, image shape {tuple(batch['image'].shape[1:])}, "
-        f"boxes {'drawn' if 'box' in batch else 'absent'}; labels by row:\n  " + "\n  ".join(rows)
+        f"boxes {'drawn' if boxes is not None else 'absent'}; labels by row:\n  " + "\n  ".join(rows)
     )
     return out
 

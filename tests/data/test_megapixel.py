@@ -198,3 +198,29 @@ def test_config_builds_the_datamodule_and_scales_down(rect_mnist):
     assert type(dm) is MegapixelMNISTDataModule and dm.image_shape == (1, 200, 200)
     assert (dm.num_digits, dm.num_label_digits, dm.num_noise) == (5, 3, 50)
     assert (dm.train_size, dm.test_size) == (5000, 1000)
+
+
+def test_preview_draws_shrunk_canvases_with_both_box_colours(rect_mnist, tmp_path):
+    from PIL import Image
+
+    from stn.data.preview import BOX_COLOUR, MAX_SIDE, OTHER_COLOUR, main
+
+    out = tmp_path / "mp.png"
+    main(
+        [
+            "data=megapixel_mnist",
+            f"out={out}",
+            "n=2",
+            "nrow=2",
+            f"paths.data_dir={rect_mnist}",
+            "download=false",
+            "canvas_size=600",
+            "train_size=40",
+            "test_size=4",
+            "val_size=8",
+        ]
+    )
+    image = np.asarray(Image.open(out).convert("RGB"))
+    assert image.shape[:2] == (MAX_SIDE + 4, 2 * MAX_SIDE + 6)  # two tiles shrunk to 512, 2 px padding
+    pixels = {tuple(p) for p in image.reshape(-1, 3)}
+    assert BOX_COLOUR in pixels and OTHER_COLOUR in pixels
