@@ -70,5 +70,5 @@ class StridedCNN(ImageModel):
 
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
         self.check_input(images)
-        x = low_res_view(self.normalize(images), self.view_scale)
+        x = self.normalize(low_res_view(images, self.view_scale))  # the same as normalizing first
         return {"logits": self.classifier(self.stem(x))}

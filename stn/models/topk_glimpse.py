@@ -33,8 +33,10 @@ __all__ = ["ScoreMap", "TopKGlimpseModel"]
 class ScoreMap(nn.Module):
     """Fully convolutional localizer on a low-resolution view of the image.
 
-    The (normalized) image is shrunk by ``view_scale`` with anti-aliasing; then for each entry of
-    ``channels`` a 3x3 conv and ReLU, with a 2x2 max-pool between stages (no BatchNorm, as in
+    It reads the (normalized) view: the image shrunk by ``view_scale`` with anti-aliasing
+    (:func:`~stn.models.common.low_res_view`, done by the model, which normalizes the small view
+    rather than the whole image: a normalized copy of a 1500x1500 batch of 16 is 144 MB). Then for
+    each entry of ``channels`` a 3x3 conv and ReLU, with a 2x2 max-pool between stages (no BatchNorm, as in
     :class:`~stn.models.Localizer`). Two 1x1 heads read the last feature map: one score per cell,
     and three box offsets per cell (zero weights and bias: boxes start at their seeds).
 
@@ -46,8 +48,9 @@ class ScoreMap(nn.Module):
         channels: channels of the conv stages.
 
     Shape:
-        (B, C, H, W) -> scores (B, h, w) and offsets (B, 3, h, w), where (h, w) is the view size
-        divided by ``2 ** (len(channels) - 1)`` (rounded down).
+        view (B, C, round(H * view_scale), round(W * view_scale)) -> scores (B, h, w) and offsets
+        (B, 3, h, w), where (h, w) is the view size divided by ``2 ** (len(channels) - 1)`` (rounded
+        down).
     """
 
     def __init__(
@@ -80,8 +83,8 @@ class ScoreMap(nn.Module):
         nn.init.zeros_(self.offset.weight)
         nn.init.zeros_(self.offset.bias)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.convs(low_res_view(images, self.view_scale))
+    def forward(self, view: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.convs(view)
         return self.score(x)[:, 0], self.offset(x)
 
 
@@ -89,7 +92,8 @@ class TopKGlimpseModel(GlimpseModel):
     """K full-resolution glimpses where a score map over a low-resolution view points, embedded by
     a shared trunk and pooled with attention weights.
 
-    1. ``localizer`` (:class:`ScoreMap`) scores the cells of the view and predicts per-cell offsets.
+    1. ``localizer`` (:class:`ScoreMap`, or any module with ``view_scale`` mapping the normalized
+       view to scores and offsets) scores the cells of the view and predicts per-cell offsets.
     2. The K highest local maxima of the scores (a cell is a local maximum when no cell within
        ``nms_window // 2`` cells scores higher; with Gumbel noise of scale ``explore`` added in
        training) seed K boxes of ``box_size`` canvas pixels centred on their cells.
@@ -205,7 +209,8 @@ class TopKGlimpseModel(GlimpseModel):
         b, c = images.shape[:2]
         k, (gh, gw) = self.num_glimpses, self.glimpse_size
         height, width = self.image_size
-        scores, offsets = self.localizer(self.normalize(images))
+        view = low_res_view(images, self.localizer.view_scale)  # shrink, then normalize: less memory
+        scores, offsets = self.localizer(self.normalize(view))
         hs, ws = scores.shape[-2:]
         cells = self.select(scores)  # (B, K)
         picked = scores.flatten(1).gather(1, cells)  # (B, K), with gradient
