@@ -241,7 +241,13 @@ def _box_grid(boxes: Tensor, size: Tuple[int, int], image_size: Tuple[int, int])
     x1, y1, x2, y2 = boxes.unbind(-1)
     cx = torch.arange(w, dtype=boxes.dtype, device=boxes.device) + 0.5
     cy = torch.arange(h, dtype=boxes.dtype, device=boxes.device) + 0.5
-    gx = (x1[:, None] + cx * ((x2 - x1) / w)[:, None]) * (2 / width) - 1  # (M, w)
-    gy = (y1[:, None] + cy * ((y2 - y1) / h)[:, None]) * (2 / height) - 1  # (M, h)
+    # A sample meant to sit exactly on a pixel centre (every one of an integer box at the image's
+    # own size: the usual initial box) is a kink; grid_sample's rounding would put it a hair to
+    # either side, so that the gradient depended on the kernel (eager, compiled, CUDA). Moving
+    # every sample 2 eps right/down in the normalized grid (above that rounding; values change by
+    # eps * size times a pixel step) gives the derivative from the right, as the tap engine does.
+    nudge = 1 - 2 * torch.finfo(boxes.dtype).eps  # g = 2 x / W - 1 + 2 eps
+    gx = (x1[:, None] + cx * ((x2 - x1) / w)[:, None]) * (2 / width) - nudge  # (M, w)
+    gy = (y1[:, None] + cy * ((y2 - y1) / h)[:, None]) * (2 / height) - nudge  # (M, h)
     m = boxes.shape[0]
     return torch.stack([gx[:, None, :].expand(m, h, w), gy[:, :, None].expand(m, h, w)], dim=-1)
