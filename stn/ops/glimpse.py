@@ -157,7 +157,7 @@ def glimpse(
         >>> glimpse(images, torch.tensor([[0.0, 0.0, 4.0, 4.0]]), 2)
         tensor([[[[ 2.5000,  4.5000],
                   [10.5000, 12.5000]]]])
-        >>> glimpse(images, torch.tensor([[1.0, 0.0, 3.0, 2.0]]), (1, 2))  # x in [1, 3), y in [0, 2)
+        >>> glimpse(images, torch.tensor([[1.0, 0.0, 3.0, 2.0]]), (1, 2)).round(decimals=4)  # x 1-3, y 0-2
         tensor([[[[3., 4.]]]])
         >>> glimpse(images, torch.tensor([[0.0, 0.0, 4.0, 4.0]]), 1, antialias=True, padding_mode="border")
         tensor([[[[7.5000]]]])
