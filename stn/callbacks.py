@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Dict, List, Optional
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torchvision.utils import draw_bounding_boxes, make_grid
 
+from stn import pictures
 from stn.lit import NonFiniteLossError, nonfinite_tensors
 
 log = logging.getLogger(__name__)
-
-PRED_COLOR = "red"
-TRUE_COLOR = "lime"
 
 
 def _tensorboard(trainer: L.Trainer):
@@ -30,76 +26,44 @@ def _tensorboard(trainer: L.Trainer):
     return None
 
 
-def draw_boxes(images: Tensor, pred: Optional[Tensor], true: Optional[Tensor], scale: int) -> List[Tensor]:
-    """Images (B, C, H, W) in [0, 1] upscaled by ``scale`` with boxes drawn, as uint8 (3, sH, sW) tensors.
-
-    ``pred`` is (B, 4) or (B, G, 4) pixel boxes drawn in red; ``true`` (B, 4) in green.
-    """
-    big = F.interpolate(images, scale_factor=scale, mode="nearest") if scale > 1 else images
-    big = (big.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    if big.shape[1] == 1:
-        big = big.expand(-1, 3, -1, -1)
-    drawn = []
-    for i, img in enumerate(big):
-        boxes, colors = [], []
-        if true is not None:
-            boxes.append(true[i].reshape(-1, 4))
-            colors += [TRUE_COLOR]
-        if pred is not None:
-            p = pred[i].reshape(-1, 4)
-            boxes.append(p)
-            colors += [PRED_COLOR] * len(p)
-        if boxes:
-            b = (torch.cat(boxes).float().cpu() * scale).round()
-            # a diverging model's NaN/Inf boxes are left out, not drawn
-            finite = torch.isfinite(b).all(1)
-            b, colors = b[finite], [c for c, keep in zip(colors, finite.tolist()) if keep]
-            # draw_bounding_boxes wants x2 >= x1 and boxes inside the picture.
-            b = torch.stack(
-                [
-                    torch.minimum(b[:, 0], b[:, 2]),
-                    torch.minimum(b[:, 1], b[:, 3]),
-                    torch.maximum(b[:, 0], b[:, 2]),
-                    torch.maximum(b[:, 1], b[:, 3]),
-                ],
-                1,
-            )
-            b[:, 0::2] = b[:, 0::2].clamp(0, img.shape[-1] - 1)
-            b[:, 1::2] = b[:, 1::2].clamp(0, img.shape[-2] - 1)
-            if len(b):
-                img = draw_bounding_boxes(img, b, colors=colors, width=max(1, scale // 2))
-        drawn.append(img)
-    return drawn
-
-
 class GlimpseImages(L.Callback):
     """Logs what the model looks at, on a fixed batch, every ``every_n_epochs`` validations.
 
-    TensorBoard tags (``<stage>`` is ``val`` or ``test``):
+    TensorBoard tags (``<stage>`` is ``val`` or ``test``), drawn by :mod:`stn.pictures` (its colour
+    convention: predicted box and class red, true box and class green, glimpse k in its own
+    colour, a red frame for a wrong prediction; a legend strip under each picture):
 
-    - ``<stage>/boxes``: a grid of inputs with the predicted box (red) and, for data with true
-      boxes, the true box (green);
-    - ``<stage>/glimpses``: the matching glimpses, in the same order (one row of G glimpses per
-      input for multi-glimpse models);
-    - histograms ``<stage>/box_center_x``, ``<stage>/box_center_y``, ``<stage>/box_scale`` of all
-      predicted boxes of the epoch, as fractions of the image size.
+    - ``<stage>/boxes``: a grid of inputs, upscaled ``scale`` times, with every predicted box (all
+      K of multi-glimpse models) and, for data with true boxes, the true box; each tile titled with
+      the predicted and the true class;
+    - ``<stage>/glimpses``: the matching glimpses, upscaled like the inputs, in rows of ``nrow``
+      (one row of K glimpses per input for multi-glimpse models), with the retina's context levels
+      beside each glimpse;
+    - histograms of all predicted boxes of the epoch, as fractions of the image size:
+      ``<stage>/box_center_x``, ``box_center_y``, ``box_width``, ``box_height``, ``box_scale``
+      (sqrt of the area fraction), and for data with true boxes ``box_width_true`` and
+      ``box_height_true`` beside them. Non-finite boxes (a diverging run) are left out of the
+      pictures and histograms and counted in the scalar ``<stage>/nonfinite_boxes``.
 
     Args:
         num_images: inputs in the grid (the first ones of the first batch: the same every time).
         every_n_epochs: log at validation epochs divisible by this.
-        scale: integer upscaling of the inputs, so boxes on 28x28 digits are visible.
+        scale: integer upscaling of the inputs and glimpses, so boxes on 28x28 digits are visible.
         nrow: images per grid row.
     """
 
     def __init__(self, num_images: int = 16, every_n_epochs: int = 1, scale: int = 4, nrow: int = 8) -> None:
-        if num_images <= 0 or every_n_epochs <= 0 or scale <= 0:
-            raise ValueError(
-                "num_images, every_n_epochs and scale must be positive, "
-                f"got {num_images}, {every_n_epochs}, {scale}"
-            )
+        for name, value in (
+            ("num_images", num_images),
+            ("every_n_epochs", every_n_epochs),
+            ("scale", scale),
+            ("nrow", nrow),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"GlimpseImages: {name} must be a positive integer, got {value!r}")
         self.num_images, self.every_n_epochs, self.scale, self.nrow = num_images, every_n_epochs, scale, nrow
         self._fixed: Dict[str, Dict[str, Tensor]] = {}
-        self._boxes: List[Tensor] = []
+        self._stats: List[Dict[str, Tensor]] = []
 
     def _active(self, trainer: L.Trainer, stage: str) -> bool:
         if trainer.sanity_checking or not trainer.is_global_zero or _tensorboard(trainer) is None:
@@ -113,7 +77,11 @@ class GlimpseImages(L.Callback):
             self._fixed[stage] = {k: v[: self.num_images].detach().clone() for k, v in batch.items()}
         if isinstance(outputs, dict) and "boxes" in outputs:
             size = batch["image"].shape[-2:]
-            self._boxes.append(_box_stats(outputs["boxes"].reshape(-1, 4), size).cpu())
+            stats = box_stats(outputs["boxes"].reshape(-1, 4), size)
+            if "box" in batch:
+                true = box_stats(batch["box"].reshape(-1, 4), size)
+                stats.update({f"{k}_true": true[k] for k in ("box_width", "box_height")})
+            self._stats.append({k: v.cpu() for k, v in stats.items()})
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
@@ -131,7 +99,7 @@ class GlimpseImages(L.Callback):
 
     @torch.no_grad()
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        stats, self._boxes = self._boxes, []
+        stats, self._stats = self._stats, []
         if not self._active(trainer, stage) or stage not in self._fixed:
             return
         writer, step = _tensorboard(trainer), trainer.global_step
@@ -140,28 +108,55 @@ class GlimpseImages(L.Callback):
         pl_module.eval()
         out = pl_module(batch["image"])
         pl_module.train(was_training)
-        pred = out.get("boxes")
-        drawn = draw_boxes(batch["image"], pred, batch.get("box"), self.scale)
-        writer.add_image(f"{stage}/boxes", make_grid(drawn, nrow=self.nrow, padding=2, pad_value=128), step)
+        classes = getattr(trainer.datamodule, "classes", None) or None
+        grid = pictures.box_grid(
+            batch["image"],
+            out.get("boxes"),
+            batch.get("box"),
+            out["logits"].argmax(-1).cpu(),
+            batch["label"].cpu(),
+            class_names=classes,
+            scale=self.scale,
+            nrow=self.nrow,
+        )
+        writer.add_image(f"{stage}/boxes", grid, step)
         if "glimpses" in out:
-            g = out["glimpses"]
-            nrow = g.shape[1] if g.dim() == 5 else self.nrow
-            g = g.reshape(-1, *g.shape[-3:]).clamp(0, 1).cpu()
-            writer.add_image(f"{stage}/glimpses", make_grid(g, nrow=nrow, padding=1, pad_value=0.5), step)
-        s = torch.cat(stats) if stats else torch.empty(0, 3)
-        s = s[torch.isfinite(s).all(1)]  # a histogram of NaN/Inf boxes has no bins
-        if len(s):
-            for i, name in enumerate(("box_center_x", "box_center_y", "box_scale")):
-                writer.add_histogram(f"{stage}/{name}", s[:, i], step)
+            grid = pictures.glimpse_grid(
+                out["glimpses"],
+                out.get("retina"),
+                scale=self.scale,
+                nrow=self.nrow,
+                retina_scales=getattr(getattr(pl_module, "model", None), "retina_scales", None),
+            )
+            writer.add_image(f"{stage}/glimpses", grid, step)
+        if stats:
+            merged = {k: torch.cat([s[k] for s in stats]) for k in stats[0]}
+            bad = int(merged.pop("nonfinite").sum())
+            if bad:
+                writer.add_scalar(f"{stage}/nonfinite_boxes", bad, step)
+                rank_zero_warn(f"{stage}: {bad} predicted boxes were NaN/Inf; left out of the pictures")
+            for name, values in merged.items():
+                if len(values):
+                    writer.add_histogram(f"{stage}/{name}", values, step)
 
 
-def _box_stats(boxes: Tensor, size) -> Tensor:
-    """(N, 3): centre x, centre y and sqrt(area) of (N, 4) boxes, as fractions of the image size."""
+def box_stats(boxes: Tensor, size) -> Dict[str, Tensor]:
+    """Centre, width, height and sqrt(area) of (N, 4) pixel boxes as fractions of the image size
+    ``(H, W)``, each of the finite boxes only, and ``"nonfinite"``: the (1,) count of the others."""
     h, w = size
-    cx = (boxes[:, 0] + boxes[:, 2]) / (2 * w)
-    cy = (boxes[:, 1] + boxes[:, 3]) / (2 * h)
-    scale = ((boxes[:, 2] - boxes[:, 0]).abs() * (boxes[:, 3] - boxes[:, 1]).abs() / (w * h)).sqrt()
-    return torch.stack([cx, cy, scale], 1).float()
+    boxes = boxes.detach().float()
+    finite = torch.isfinite(boxes).all(1)
+    b = boxes[finite]
+    width = (b[:, 2] - b[:, 0]).abs() / w
+    height = (b[:, 3] - b[:, 1]).abs() / h
+    return {
+        "box_center_x": (b[:, 0] + b[:, 2]) / (2 * w),
+        "box_center_y": (b[:, 1] + b[:, 3]) / (2 * h),
+        "box_width": width,
+        "box_height": height,
+        "box_scale": (width * height).sqrt(),
+        "nonfinite": (~finite).sum().reshape(1),
+    }
 
 
 class SaveConfig(L.Callback):
@@ -180,69 +175,9 @@ class SaveConfig(L.Callback):
 
 
 class LatestCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that keeps ``last.ckpt`` resumable.
-
-    Saved after every epoch, every ``every_n_train_steps`` optimizer steps and every
-    ``every_n_minutes`` of training (either or both, besides the epoch ends; a run resumed from
-    such a mid-epoch file continues at that step with the same data order), and when a run crashes
-    or is interrupted, but not when training diverged (NaN/Inf loss, parameters or buffers),
-    whatever the exception was, so the file keeps the last finite weights. The file also holds
-    the global torch random state, restored on resume, for models that draw from it in training.
-
-    Args:
-        every_n_train_steps: also save every this many optimizer steps (None or 0: no).
-        every_n_minutes: also save when this many minutes passed since the last save (None: no).
-        **kwargs: as for :class:`~lightning.pytorch.callbacks.ModelCheckpoint` (``dirpath``,
-            ``filename``...), except Lightning's own step and time triggers.
-    """
-
-    def __init__(
-        self,
-        *args: Any,
-        every_n_train_steps: Optional[int] = None,
-        every_n_minutes: Optional[float] = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        for name, value in (
-            ("every_n_train_steps", every_n_train_steps),
-            ("every_n_minutes", every_n_minutes),
-        ):
-            if value is not None and (isinstance(value, bool) or value < 0):
-                raise ValueError(f"{name} must be None or >= 0, got {value!r}")
-        self.step_interval = every_n_train_steps or 0
-        self.minutes = every_n_minutes or None
-        self._saved_at = time.monotonic()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:  # mid-accumulation: not a step
-            return
-        due = bool(self.step_interval) and trainer.global_step % self.step_interval == 0
-        if self.minutes is not None:
-            # ranks decide together: their clocks differ
-            due = trainer.strategy.broadcast(due or time.monotonic() - self._saved_at >= 60 * self.minutes)
-        if due and not self._should_skip_saving_checkpoint(trainer):
-            self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
-
-    def _save_checkpoint(self, trainer, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
-        self._saved_at = time.monotonic()
-
-    def state_dict(self) -> Dict[str, Any]:
-        state = {**super().state_dict(), "torch_rng_state": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda_rng_states"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        state = dict(state_dict)
-        if "torch_rng_state" in state:
-            torch.set_rng_state(state.pop("torch_rng_state"))
-        cuda = state.pop("cuda_rng_states", None)
-        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-        super().load_state_dict(state)
+    """``ModelCheckpoint`` that keeps ``last.ckpt`` resumable: saved after every epoch and when a
+    run crashes or is interrupted, but not when training diverged (NaN/Inf loss, parameters or
+    buffers), whatever the exception was, so the file keeps the last finite weights."""
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, NonFiniteLossError) or nonfinite_tensors(pl_module):

@@ -16,7 +16,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.ops import box_area
 
-from stn.metrics import BoxIoU, GlimpseHits
+from stn.metrics import BoxIoU
 
 
 def one_cycle(
@@ -55,7 +55,7 @@ def nonfinite_tensors(module: nn.Module) -> list[str]:
     return [n for (n, _), b in zip(named, bad) if b]
 
 
-class LitClassifier(L.LightningModule):
+class GlimpseClassifier(L.LightningModule):
     """Trains a classifier (glimpse model or plain CNN) end to end with cross-entropy.
 
     The model maps images (B, C, H, W) in [0, 1] to a dict with ``"logits"`` (B, classes) and,
@@ -122,12 +122,14 @@ class LitClassifier(L.LightningModule):
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
         self.model = model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        metric = lambda: MulticlassAccuracy(num_classes, average="micro")  # noqa: E731
-        self.train_acc, self.val_acc, self.test_acc = metric(), metric(), metric()
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        metric = lambda **kw: MulticlassAccuracy(num_classes, average="micro", **kw)  # noqa: E731
+        # the training metrics skip their input checks and NaN scans: each is a host sync per step
+        self.train_acc, self.val_acc, self.test_acc = metric(validate_args=False), metric(), metric()
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self._window: Optional[Tensor] = None  # summed loss, correct, count since the last logged step
         self.val_acc_best = MaxMetric()
         self.val_iou, self.test_iou = BoxIoU(), BoxIoU()
-        self.val_hits, self.test_hits = GlimpseHits(), GlimpseHits()
         self._nonfinite = torch.zeros((), dtype=torch.bool)
 
     def setup(self, stage: str) -> None:
@@ -168,11 +170,32 @@ class LitClassifier(L.LightningModule):
         self._nonfinite = self._nonfinite.to(loss.device) | ~torch.isfinite(loss.detach())
         if (batch_idx + 1) % self.hparams.nonfinite_check_every == 0:
             self._raise_if_nonfinite()
-        self.train_loss(loss.detach())
-        self.train_acc(out["logits"].detach(), batch["label"])
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self._log_train(loss.detach(), out["logits"].detach(), batch["label"], batch_idx)
         return loss
+
+    def _log_train(self, loss: Tensor, logits: Tensor, labels: Tensor, batch_idx: int) -> None:
+        """``train/loss`` and ``train/acc``: the mean over the steps since the last logged point,
+        every ``trainer.log_every_n_steps`` steps and at each epoch's first step (so the progress
+        bar has a loss from the start); ``train/loss_epoch`` and ``train/acc_epoch``: epoch means.
+
+        The window sums stay on the device; they reach the host (one sync) only when logged, and
+        are logged as CPU tensors so the progress bar never syncs in between."""
+        self.train_loss.update(loss)
+        self.train_acc.update(logits, labels)
+        correct = (logits.argmax(-1) == labels).sum()
+        step = torch.stack(
+            [loss.float() * len(labels), correct.float(), correct.new_tensor(len(labels)).float()]
+        )
+        self._window = step if self._window is None else self._window + step
+        if self._trainer is None:  # a step called by hand: nothing to log to
+            return
+        if batch_idx == 0 or (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            total_loss, correct, count = self._window.cpu()
+            self._window = None
+            self.log("train/loss", total_loss / count, on_step=True, on_epoch=False, prog_bar=True)
+            self.log("train/acc", correct / count, on_step=True, on_epoch=False)
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        self.log("train/acc_epoch", self.train_acc, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
         self._raise_if_nonfinite()
@@ -216,11 +239,6 @@ class LitClassifier(L.LightningModule):
         if "box" in batch and "boxes" in out:
             iou = getattr(self, f"{stage}_iou")
             iou.update(_first_box(out["boxes"]), batch["box"])
-        if "boxes" in batch and "boxes" in out:  # several objects per image: every glimpse is scored
-            marked = batch["digit_labels"] == batch["label"][:, None]
-            getattr(self, f"{stage}_hits").update(
-                out["boxes"].reshape(len(marked), -1, 4), batch["boxes"], marked
-            )
         # Boxes go to callbacks (histograms, pictures); nothing heavy.
         return {"boxes": out["boxes"].detach()} if "boxes" in out else {}
 
@@ -237,18 +255,10 @@ class LitClassifier(L.LightningModule):
             self.log(f"{stage}/iou", mean_iou)
             self.log(f"{stage}/iou50", iou50)
             iou.reset()
-        hits = getattr(self, f"{stage}_hits")
-        if hits.update_called:  # multi-object data: over all glimpses, with each one's nearest object
-            mean_iou, iou50, seen = hits.compute()
-            self.log(f"{stage}/iou", mean_iou)
-            self.log(f"{stage}/iou50", iou50)
-            self.log(f"{stage}/label_digits_seen", seen)
-            hits.reset()
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             self.val_iou.reset()
-            self.val_hits.reset()
             return
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
@@ -285,10 +295,15 @@ class LitClassifier(L.LightningModule):
         loc = list(self.model.localization_parameters())
         loc_ids = {id(p) for p in loc}
         rest = [p for p in self.model.parameters() if id(p) not in loc_ids]
-        optimizer = self.optimizer_factory(params=[{"params": rest}])
+        # group names name the LR curves: lr/classifier, lr/localizer (LearningRateMonitor)
+        optimizer = self.optimizer_factory(params=[{"params": rest, "name": "classifier"}])
         if loc:
             optimizer.add_param_group(
-                {"params": loc, "lr": optimizer.defaults["lr"] * self.hparams.loc_lr_mult}
+                {
+                    "params": loc,
+                    "lr": optimizer.defaults["lr"] * self.hparams.loc_lr_mult,
+                    "name": "localizer",
+                }
             )
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
@@ -296,14 +311,12 @@ class LitClassifier(L.LightningModule):
         if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
+        }
 
 
 def _first_box(boxes: Tensor) -> Tensor:
     """(B, 4) from (B, 4) or the first glimpse of (B, G, 4)."""
     return boxes if boxes.dim() == 2 else boxes[:, 0]
-
-
-# The class's name before it was renamed: the config saved in checkpoints written before then
-# (``stn_config`` -> ``module._target_``) names it, and eval.py builds the module from that config.
-GlimpseClassifier = LitClassifier

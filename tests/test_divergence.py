@@ -9,9 +9,10 @@ import pytest
 import torch
 from test_train import FAST, make_cfg
 
-from stn.callbacks import LatestCheckpoint, draw_boxes
+from stn.callbacks import LatestCheckpoint
 from stn.lit import GlimpseClassifier, NonFiniteLossError, nonfinite_tensors
 from stn.models import CNNModel
+from stn.pictures import FRAME, PRED_COLOUR, TRUE_COLOUR, box_tiles
 from stn.tasks import train
 
 # From step 6 (the third of epoch 1, 4 steps an epoch) the LR is 1e27: the weights blow up then,
@@ -123,9 +124,11 @@ def test_pictures_leave_out_nonfinite_boxes():
     images = torch.zeros(2, 1, 8, 8)
     pred = torch.tensor([[1.0, 1.0, 6.0, 6.0], [float("nan"), 0.0, float("inf"), 4.0]])
     true = torch.tensor([[0.0, 0.0, 8.0, 8.0], [2.0, 2.0, 5.0, 5.0]])
-    drawn = draw_boxes(images, pred, true, scale=1)
-    assert [tuple(d.shape) for d in drawn] == [(3, 8, 8), (3, 8, 8)]
-    green = torch.tensor([0, 255, 0], dtype=torch.uint8)[:, None]
+    drawn = box_tiles(images, pred, true, scale=1)[:, :, FRAME:-FRAME, FRAME:-FRAME]
+    assert tuple(drawn.shape) == (2, 3, 8, 8)
+    green = torch.tensor(TRUE_COLOUR, dtype=torch.uint8)[:, None]
+    red = torch.tensor(PRED_COLOUR, dtype=torch.uint8)[:, None]
     # the second image keeps its true (green) box, the NaN prediction is not drawn
     assert (drawn[1].reshape(3, -1) == green).all(0).any()
-    assert not (drawn[1][0] == 255).any()
+    assert not (drawn[1].reshape(3, -1) == red).all(0).any()
+    assert (drawn[0].reshape(3, -1) == red).all(0).any()

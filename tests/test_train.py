@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -10,14 +11,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from stn.tasks import RESULT_HEADER, build, evaluate, train
+from stn import pictures
+from stn.tasks import build, evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = str(ROOT / "configs")
@@ -57,7 +61,8 @@ def events(folder: Path) -> EventAccumulator:
 def trained(tmp_path_factory, tiny_mnist_dir):
     """One real training run on tiny MNIST, shared by the assertions below."""
     out = tmp_path_factory.mktemp("train") / "run"
-    cfg = make_cfg("train", out, FAST + [f"paths.data_dir={tiny_mnist_dir}"])
+    # 2 epochs x 4 steps, train/loss logged every 2 steps
+    cfg = make_cfg("train", out, FAST + [f"paths.data_dir={tiny_mnist_dir}", "trainer.log_every_n_steps=2"])
     metrics = train(cfg)
     return out, metrics
 
@@ -84,23 +89,88 @@ def test_train_checkpoints_best_and_last(trained):
     assert set(state["stn_config"]) == {"data", "model", "module"}
 
 
+def png(image_event) -> torch.Tensor:
+    """(3, H, W) uint8 of a TensorBoard image event."""
+    with Image.open(io.BytesIO(image_event.encoded_image_string)) as picture:
+        return torch.from_numpy(np.array(picture.convert("RGB"))).permute(2, 0, 1)
+
+
 def test_train_tensorboard_scalars_images_histograms(trained):
-    out, _ = trained
+    """The default config (translated MNIST, 60x60 canvases with true boxes) on tiny data."""
+    out, metrics = trained
     acc = events(out / "tensorboard")
     tags = acc.Tags()
-    for tag in ("train/loss", "val/loss", "val/acc", "val/acc_best", "test/acc"):
+    for tag in (
+        "train/loss",
+        "train/acc",
+        "train/loss_epoch",
+        "val/loss",
+        "val/acc",
+        "val/acc_best",
+        "test/acc",
+    ):
         assert tag in tags["scalars"], (tag, tags["scalars"])
-    assert any(t.startswith("lr-") for t in tags["scalars"]), tags["scalars"]
+    for tag in ("val/iou", "val/iou50", "test/iou", "test/iou50"):  # the default data has true boxes
+        assert tag in tags["scalars"] and tag in metrics, (tag, tags["scalars"])
+    # 8 steps logged every 2 steps; the epoch means once per epoch
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 3, 5, 7]
+    assert len(acc.Scalars("train/loss_epoch")) == 2
+    # learning rates named by parameter group, every logged step
+    assert {"lr/classifier", "lr/localizer"} <= set(tags["scalars"]), tags["scalars"]
+    assert not [t for t in tags["scalars"] if t.startswith("lr-")]
+    assert len(acc.Scalars("lr/localizer")) == 4
     for tag in ("val/boxes", "val/glimpses", "test/boxes", "test/glimpses"):
         assert tag in tags["images"], (tag, tags["images"])
-    # 16 inputs of 28x28 upscaled 4x in rows of 8, with 2 px padding: 2 rows x 8 columns.
+    # 16 inputs of 60x60 upscaled 4x in rows of 8 (2 rows), each framed and titled, a legend below
     boxes = acc.Images("val/boxes")
     assert len(boxes) == 2  # one per validation epoch
-    assert (boxes[-1].width, boxes[-1].height) == (8 * 112 + 9 * 2, 2 * 112 + 3 * 2)
+    tile = 4 * 60 + 2 * pictures.FRAME
+    assert boxes[-1].width == 8 * tile + 9 * pictures.PADDING
+    picture = png(boxes[-1])
+    assert picture.shape[1:] == (boxes[-1].height, boxes[-1].width)
+    # the same grid drawn without classes: the titles make each tile taller, and hold red
+    # (predicted) and green (true) text
+    images = torch.zeros(16, 1, 60, 60)
+    bare = pictures.box_grid(images, torch.zeros(16, 4), torch.zeros(16, 4), scale=4)
+    titled = pictures.box_grid(images, torch.zeros(16, 4), torch.zeros(16, 4), *torch.zeros(2, 16), scale=4)
+    assert picture.shape == titled.shape and picture.shape[1] > bare.shape[1] + 2 * 10
+    title = picture[:, pictures.PADDING + pictures.FRAME :, pictures.PADDING + pictures.FRAME :][
+        :, :12, : 4 * 60
+    ]
+    r, g, b = title.int()
+    assert ((r > 150) & (g < 110)).any() and ((g > 150) & (r < 110)).any()
+    # glimpses 28x28 upscaled like the inputs, in rows of 8
     glimpses = acc.Images("val/glimpses")[-1]
-    assert glimpses.width > 0 and glimpses.height > 0
-    for tag in ("val/box_center_x", "val/box_center_y", "val/box_scale"):
-        assert tag in tags["histograms"], (tag, tags["histograms"])
+    cell = 4 * 28 + 2 * pictures.FRAME
+    assert glimpses.width == 8 * cell + 9 * pictures.PADDING
+    assert glimpses.height == 2 * cell + 3 * pictures.PADDING
+    for tag in ("center_x", "center_y", "scale", "width", "height", "width_true", "height_true"):
+        assert f"val/box_{tag}" in tags["histograms"], (tag, tags["histograms"])
+    true_widths = acc.Histograms("val/box_width_true")[-1].histogram_value
+    # the 32 validation digits (tiny MNIST: noise fills the 28x28, so the tight box is all of it)
+    assert true_widths.num == 32 and true_widths.min == true_widths.max == pytest.approx(28 / 60)
+
+
+def test_multi_glimpse_pictures_show_every_glimpse_and_retina_level(tmp_path, tiny_mnist_dir):
+    out = tmp_path / "multi"
+    overrides = [
+        "model=multi_glimpse",
+        "model.num_glimpses=2",
+        "model.retina_scales=[1,2]",
+        "trainer.max_epochs=1",
+    ]
+    train(make_cfg("train", out, FAST + [f"paths.data_dir={tiny_mnist_dir}", *overrides]))
+    acc = events(out / "tensorboard")
+    # one row per input (16 rows), 2 glimpses each with its 2x level beside it
+    glimpses = acc.Images("val/glimpses")[-1]
+    cell_w = 2 * 4 * 28 + 2 + 2 * pictures.FRAME
+    assert glimpses.width == 2 * cell_w + 3 * pictures.PADDING
+    assert glimpses.height > 16 * (4 * 28 + 2 * pictures.FRAME) + 17 * pictures.PADDING
+    # both glimpses' boxes are drawn, each in its colour
+    boxes = png(acc.Images("val/boxes")[-1])
+    for k in range(2):
+        colour = torch.tensor(pictures.glimpse_colour(k), dtype=torch.uint8).view(3, 1, 1)
+        assert (boxes == colour).all(0).sum() > 16 * 4 * 10, k
 
 
 def test_resume_with_longer_schedule_is_a_clear_error(trained, tmp_path, tiny_mnist_dir):
@@ -168,25 +238,6 @@ def test_eval_rebuilds_model_from_checkpoint(trained, tmp_path, tiny_mnist_dir):
     assert {"test/boxes", "test/glimpses"} <= set(tags["images"])
 
 
-def test_checkpoint_naming_the_old_module_class_still_evaluates(tmp_path, tiny_mnist_dir):
-    """Checkpoints written before stn.lit.GlimpseClassifier became LitClassifier name the old class in
-    their saved config (stn_config.module._target_); eval.py still rebuilds and tests them."""
-    out = tmp_path / "old"
-    old = ["module._target_=stn.lit.GlimpseClassifier", "trainer.max_epochs=1", "test=false"]
-    train(make_cfg("train", out, FAST + [f"paths.data_dir={tiny_mnist_dir}", *old]))
-    last = out / "checkpoints" / "last.ckpt"
-    saved = torch.load(last, map_location="cpu", weights_only=True)["stn_config"]
-    assert saved["module"]["_target_"] == "stn.lit.GlimpseClassifier"
-    cfg = make_cfg(
-        "eval",
-        tmp_path / "eval",
-        [f"ckpt_path={last}", f"paths.data_dir={tiny_mnist_dir}", "trainer.limit_test_batches=2"],
-    )
-    result = evaluate(cfg)
-    assert 0.0 <= result["test/acc"] <= 1.0
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["status"] == "ok"
-
-
 @pytest.mark.parametrize("model", ["attention", "affine_stn", "multi_glimpse", "cnn"])
 def test_every_model_config_trains(model, tmp_path, tiny_mnist_dir):
     cfg = make_cfg(
@@ -213,35 +264,16 @@ def run_cli(script: str, args: list[str], cwd: Path, env_extra: dict | None = No
 
 @pytest.mark.slow
 def test_cli_train_then_eval(tmp_path, tiny_mnist_dir):
-    """`python train.py` and `python eval.py` as a user runs them, output folders from Hydra; what
-    the console and train.log show (the model summary and the progress bar as by default)."""
-    quiet = ("trainer.enable_progress_bar", "trainer.enable_model_summary")
-    args = [o for o in FAST if not o.startswith(quiet)] + [f"paths.log_dir={tmp_path}/logs"]
-    res = run_cli("train.py", args, tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)})
+    """`python train.py` and `python eval.py` as a user runs them, output folders from Hydra."""
+    res = run_cli(
+        "train.py", FAST + [f"paths.log_dir={tmp_path}/logs"], tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)}
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
     assert len(runs) == 1
     run = runs[0]
     assert (run / ".hydra" / "config.yaml").is_file()
-    saved = json.loads((run / "metrics.json").read_text())
-    assert saved["test/acc"] >= 0
-    output = res.stdout + res.stderr
-    # no tips, no known deprecation noise, no metric objects in the model summary; stdout is a
-    # pipe here, so no progress bar redraws
-    for noise in ("Tip:", "litlogger", "litmodels", "LeafSpec", "MulticlassAccuracy", "MeanMetric", "it/s"):
-        assert noise not in output, noise
-    assert "AttentionModel" in output  # the model summary is there
-    # the end-of-run summary, on the console and in train.log with Lightning's log
-    log_text = (run / "train.log").read_text()
-    best = saved["tested_checkpoint"]
-    for text in (output, log_text):
-        assert f"Run folder:        {run}" in text
-        assert f"Tested checkpoint: {best}" in text
-        assert f"python eval.py ckpt_path={best}" in text
-        assert f"tensorboard --logdir {run}" in text
-        assert f"test/acc {saved['test/acc']:.4f}" in text
-    assert "GPU available" in log_text and "AttentionModel" in log_text
-    assert "Epoch 2/2: train/loss " in log_text  # one line per epoch instead of the progress bar
+    assert json.loads((run / "metrics.json").read_text())["test/acc"] >= 0
     last = run / "checkpoints" / "last.ckpt"
     res = run_cli(
         "eval.py",
@@ -250,50 +282,9 @@ def test_cli_train_then_eval(tmp_path, tiny_mnist_dir):
         {"STN_DATA_DIR": str(tiny_mnist_dir)},
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    header, rule = RESULT_HEADER.splitlines()
-    lines = res.stdout.splitlines()
-    at = lines.index(header)
-    assert lines[at + 1] == rule and lines[at + 2].startswith("| last.ckpt |")
+    assert "| last.ckpt |" in res.stdout
     evals = list((tmp_path / "logs" / "eval" / "runs").iterdir())
     assert json.loads((evals[0] / "metrics.json").read_text())["test/acc"] >= 0
-    assert f"Tested checkpoint: {last}" in (evals[0] / "eval.log").read_text()
-
-
-def test_cli_help_lists_groups_and_examples(tmp_path):
-    for script in ("train.py", "eval.py"):
-        res = run_cli(script, ["--help"], tmp_path)
-        assert res.returncode == 0, res.stderr[-3000:]
-        assert res.stdout.startswith(f"{script}: train (train.py) or evaluate (eval.py)")
-        for text in (
-            "model: affine_stn, attention, cnn",
-            "experiment: cifar10",
-            "module=",
-            "python eval.py ckpt_path=",
-        ):
-            assert text in res.stdout, (script, text)
-
-
-@pytest.mark.slow
-def test_cli_diverged_run_records_its_status(tmp_path, tiny_mnist_dir):
-    """A single run that diverges: one line, exit 1, metrics.json: diverged, train.log: the traceback."""
-    args = [
-        *FAST,
-        "trainer.max_epochs=1",
-        "module.optimizer.lr=1e30",
-        "module.scheduler=null",
-        "module.nonfinite_check_every=1",
-        "callbacks.glimpse_images=null",
-        f"hydra.run.dir={tmp_path}/run",
-    ]
-    res = run_cli("train.py", args, tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)})
-    assert res.returncode == 1
-    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert saved["status"] == "diverged"
-    assert saved["error"].startswith("NonFiniteLossError: training loss became NaN/Inf")
-    assert "Traceback" not in res.stdout + res.stderr
-    assert saved["error"] in res.stdout + res.stderr
-    log_text = (tmp_path / "run" / "train.log").read_text()
-    assert "Traceback" in log_text and "NonFiniteLossError" in log_text and "GPU available" in log_text
 
 
 @pytest.mark.slow
@@ -351,9 +342,6 @@ def test_cli_interrupted_run_keeps_checkpoint_and_resumes(tmp_path, tiny_mnist_d
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0 or "max_epochs=3` reached" in output
-    if proc.returncode != 0:  # stopped by the Ctrl-C, not finished before it: the folder says so
-        saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
-        assert saved["status"] == "interrupted", (saved, output[-3000:])
     interrupted = torch.load(last, map_location="cpu", weights_only=True)
     res = run_cli("train.py", args + [f"ckpt_path={last}"], tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)})
     assert res.returncode == 0, res.stderr[-3000:]
@@ -376,11 +364,6 @@ def test_cli_missing_data_is_one_clear_message(tmp_path):
     assert str(missing) in output
     assert "STN_DATA_DIR" in output
     assert "Traceback" not in output
-    # the run folder says why it stopped
-    (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
-    saved = json.loads((run / "metrics.json").read_text())
-    assert saved["status"] == "failed" and saved["error"].startswith("DataMissingError: ")
-    assert saved["error"] in (run / "train.log").read_text()
 
 
 @pytest.mark.slow
@@ -410,11 +393,12 @@ def test_cli_ddp_two_cpu_processes(tmp_path, tiny_mnist_dir):
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_real_mnist_smoke_accuracy_floor(tmp_path, real_mnist_dir):
-    """Real MNIST, the default config, 150 training steps: the attention model must learn."""
+    """Real plain MNIST, the default model, 150 training steps: the attention model must learn."""
     cfg = make_cfg(
         "train",
         tmp_path / "real",
         [
+            "data=mnist",
             f"paths.data_dir={real_mnist_dir}",
             "trainer.max_epochs=1",
             "trainer.limit_train_batches=150",
@@ -430,15 +414,9 @@ def test_real_mnist_smoke_accuracy_floor(tmp_path, real_mnist_dir):
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
 
 
-# Megapixel canvases scaled down so the experiment trains in seconds (the model adapts to any size).
-MEGAPIXEL_SMALL = ["data.canvas_size=300", "data.num_noise=10", "data.train_size=96", "data.test_size=32"]
-SMALL = {"megapixel": MEGAPIXEL_SMALL}
-
-
 def experiment_cfg(name: str, out: Path, data_dirs: dict, extra=()):
     data = data_dirs["cifar"] if name.startswith("cifar10") else data_dirs["mnist"]
-    small = [o for prefix, overrides in SMALL.items() if name.startswith(prefix) for o in overrides]
-    return make_cfg("train", out, FAST + small + [f"experiment={name}", f"paths.data_dir={data}", *extra])
+    return make_cfg("train", out, FAST + [f"experiment={name}", f"paths.data_dir={data}", *extra])
 
 
 @pytest.fixture

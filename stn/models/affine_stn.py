@@ -10,8 +10,7 @@ from stn import ops
 
 from .backbones import DigitNet
 from .common import Fill, Size2, float32
-from .glimpse_model import GlimpseModel
-from .localization import AffineHead
+from .localization import AffineHead, GlimpseModel
 
 __all__ = ["AffineSTN"]
 

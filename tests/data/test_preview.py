@@ -13,12 +13,10 @@ from PIL import Image
 
 from stn.data import synthetic
 from stn.data.base import TensorDataModule
-from stn.data.preview import BOX_COLOUR, CONFIG_DIR, compose_data_config, draw, main, parse_args
+from stn.data.preview import CONFIG_DIR, compose_data_config, main, parse_args
+from stn.pictures import FRAME, PADDING, TRUE_COLOUR, box_grid
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:train.yaml did not compose"),
-    pytest.mark.usefixtures("single_thread"),
-]
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 CONFIGS = {
     "translated_mnist": (synthetic.TranslatedMNISTDataModule, 60, {"canvas_size": 60}),
@@ -84,17 +82,6 @@ def test_parse_args_routes_overrides():
         parse_args(["data=cluttered_mnist", "out"])
 
 
-def test_draw_puts_the_outline_just_outside_the_box():
-    image = torch.zeros(1, 1, 10, 10)
-    image[0, 0, 3:6, 2:7] = 1.0  # box (2, 3, 7, 6)
-    grid = draw(image, torch.tensor([[2.0, 3.0, 7.0, 6.0]]), nrow=1, scale=1)
-    tile = (grid * 255).round().to(torch.uint8)  # make_grid returns a single image unpadded
-    red = (tile[0] == BOX_COLOUR[0]) & (tile[1] == BOX_COLOUR[1])
-    ys, xs = torch.nonzero(red, as_tuple=True)
-    assert (xs.min(), ys.min(), xs.max(), ys.max()) == (1, 2, 7, 6)  # one pixel around the digit
-    assert (tile[:, 3:6, 2:7] == 255).all()  # the digit's pixels are untouched
-
-
 @pytest.mark.parametrize(
     "name, extra, side", [("cluttered_mnist", [], 60), ("distorted_mnist", ["distortion=r"], 28)]
 )
@@ -103,12 +90,17 @@ def test_preview_writes_a_png_of_the_expected_size(name, extra, side, tiny_mnist
     main(
         [f"data={name}", f"out={out}", "n=6", "nrow=3", "scale=2", f"paths.data_dir={tiny_mnist_dir}", *extra]
     )
-    tile = side * 2 + 2
     with Image.open(out) as png:
-        assert png.size == (3 * tile + 2, 2 * tile + 2)  # make_grid: 3 x 2 tiles, 2 px padding
         pixels = torch.from_numpy(np.array(png.convert("RGB")))
-    assert (
-        (pixels == torch.tensor(BOX_COLOUR, dtype=torch.uint8)).all(-1)
-    ).sum() > 6 * 2 * side  # six outlines drawn
+    # stn.pictures.box_grid's layout: 3 x 2 tiles of the 2x upscaled canvases, each with a title
+    # (its class), and a legend underneath
+    tile = side * 2 + 2 * FRAME
+    titled = box_grid(
+        torch.zeros(6, 1, side, side), None, torch.zeros(6, 4), None, torch.zeros(6), nrow=3, scale=2
+    )
+    assert titled.shape[1:] == pixels.shape[:2]
+    assert pixels.shape[1] == 3 * tile + 4 * PADDING and pixels.shape[0] > 2 * tile + 3 * PADDING + 20
+    green = (pixels == torch.tensor(TRUE_COLOUR, dtype=torch.uint8)).all(-1)
+    assert green.sum() > 6 * 2 * side  # six outlines drawn, in the true boxes' green
     printed = capsys.readouterr().out
     assert "6 test samples" in printed and f"(1, {side}, {side})" in printed
