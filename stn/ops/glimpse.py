@@ -155,6 +155,10 @@ def glimpse(
     # Sample positions and weights in at least float32: half precision cannot even tell 200.1 from
     # 200.2. The weights are cast to the images' dtype for the sampling itself.
     flat = flat.to(torch.promote_types(images.dtype, torch.float32))
+    if not antialias and (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or _exporting()):
+        return _grid_glimpse(images, flat, idx, (h, w), padding_mode, fill_values).reshape(
+            *lead, channels, h, w
+        )
     n = flat.shape[0]
     if n == 0:
         # Empty result that is still part of the graph, so that backward() gives zero gradients.
@@ -184,3 +188,31 @@ def glimpse(
         nan = torch.full((), float("nan"), dtype=out.dtype, device=out.device)
         out = torch.where(finite[:, None, None, None], out, nan)
     return out.reshape(*lead, channels, h, w)
+
+
+def _exporting() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_exporting") and compiler.is_exporting())
+
+
+def _grid_glimpse(images, flat, idx, size, padding_mode, fill_values):
+    """The export path (tracing, ONNX, ``torch.export``): the same sample points through
+    ``F.grid_sample`` (ONNX GridSample, opset >= 16), which those tools follow while the separable
+    engine's custom autograd and data-dependent sizes they cannot. Plain bilinear only. (N, C, h, w)."""
+    import torch.nn.functional as F
+
+    h, w = size
+    height, width = images.shape[-2:]
+    x1, y1, x2, y2 = flat.unbind(-1)
+    finite = torch.isfinite(flat).all(-1)
+    steps = lambda k, like: (torch.arange(k, dtype=like.dtype, device=like.device) + 0.5) / k  # noqa: E731
+    # pixel x -> normalized 2 x / W - 1 (align_corners=False)
+    gx = (x1[:, None] + steps(w, flat)[None] * (x2 - x1)[:, None]) * (2 / width) - 1  # (N, w)
+    gy = (y1[:, None] + steps(h, flat)[None] * (y2 - y1)[:, None]) * (2 / height) - 1  # (N, h)
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1).to(images.dtype)
+    src = images.index_select(0, idx)
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+    if fill_values is not None:
+        inside = F.grid_sample(torch.ones_like(src[:, :1]), grid, padding_mode="zeros", align_corners=False)
+        out = out + fill_values[:, None, None] * (1 - inside)
+    return torch.where(finite[:, None, None, None], out, torch.full_like(out, float("nan")))
