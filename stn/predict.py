@@ -28,9 +28,9 @@ from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import functional as TF
 
-from stn.callbacks import draw_boxes
 from stn.convert import pil_to_tensor, tensor_to_pil, to_channels
 from stn.inference import TrainedModel, load_model
+from stn.pictures import box_tiles
 from stn.validation import ConfigError
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def picture(image: Tensor, boxes: Tensor, glimpses: Tensor) -> Tensor:
         shrink = MAX_SIDE / max(h, w)
         image = TF.resize(image, [max(1, round(h * shrink)), max(1, round(w * shrink))], antialias=True)
         boxes = boxes * torch.tensor([image.shape[-1] / w, image.shape[-2] / h] * 2)
-    drawn = draw_boxes(image[None], boxes[None], None, scale)[0]
+    drawn = box_tiles(image[None], boxes[None], scale=scale)[0]
     height = drawn.shape[-2]
     gap = torch.full((3, height, 4), 128, dtype=torch.uint8)
     tiles = [drawn]
