@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Dict, List, Optional
 
 import lightning as L
@@ -175,9 +176,69 @@ class SaveConfig(L.Callback):
 
 
 class LatestCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that keeps ``last.ckpt`` resumable: saved after every epoch and when a
-    run crashes or is interrupted, but not when training diverged (NaN/Inf loss, parameters or
-    buffers), whatever the exception was, so the file keeps the last finite weights."""
+    """``ModelCheckpoint`` that keeps ``last.ckpt`` resumable.
+
+    Saved after every epoch, every ``every_n_train_steps`` optimizer steps and every
+    ``every_n_minutes`` of training (either or both, besides the epoch ends; a run resumed from
+    such a mid-epoch file continues at that step with the same data order), and when a run crashes
+    or is interrupted, but not when training diverged (NaN/Inf loss, parameters or buffers),
+    whatever the exception was, so the file keeps the last finite weights. The file also holds
+    the global torch random state, restored on resume, for models that draw from it in training.
+
+    Args:
+        every_n_train_steps: also save every this many optimizer steps (None or 0: no).
+        every_n_minutes: also save when this many minutes passed since the last save (None: no).
+        **kwargs: as for :class:`~lightning.pytorch.callbacks.ModelCheckpoint` (``dirpath``,
+            ``filename``...), except Lightning's own step and time triggers.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        every_n_train_steps: Optional[int] = None,
+        every_n_minutes: Optional[float] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        for name, value in (
+            ("every_n_train_steps", every_n_train_steps),
+            ("every_n_minutes", every_n_minutes),
+        ):
+            if value is not None and (isinstance(value, bool) or value < 0):
+                raise ValueError(f"{name} must be None or >= 0, got {value!r}")
+        self.step_interval = every_n_train_steps or 0
+        self.minutes = every_n_minutes or None
+        self._saved_at = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:  # mid-accumulation: not a step
+            return
+        due = bool(self.step_interval) and trainer.global_step % self.step_interval == 0
+        if self.minutes is not None:
+            # ranks decide together: their clocks differ
+            due = trainer.strategy.broadcast(due or time.monotonic() - self._saved_at >= 60 * self.minutes)
+        if due and not self._should_skip_saving_checkpoint(trainer):
+            self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self._saved_at = time.monotonic()
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = {**super().state_dict(), "torch_rng_state": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda_rng_states"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        state = dict(state_dict)
+        if "torch_rng_state" in state:
+            torch.set_rng_state(state.pop("torch_rng_state"))
+        cuda = state.pop("cuda_rng_states", None)
+        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        super().load_state_dict(state)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, NonFiniteLossError) or nonfinite_tensors(pl_module):

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["BoxIoU", "paired_box_iou"]
+__all__ = ["BoxIoU", "GlimpseHits", "nearest_box_iou", "paired_box_iou"]
 
 
 def paired_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -96,3 +96,62 @@ class BoxIoU(Metric):
         """``(mean IoU, fraction with IoU >= threshold)``; both 0 before any update."""
         total = self.total.clamp(min=1).to(self.iou_sum.dtype)
         return self.iou_sum / total, self.hits.to(self.iou_sum.dtype) / total
+
+
+def nearest_box_iou(pred: Tensor, true: Tensor) -> Tensor:
+    """IoU of each predicted box with the true box it overlaps most.
+
+    Args:
+        pred: (B, K, 4) boxes, true: (B, T, 4) boxes, ``(x1, y1, x2, y2)`` in the same image's pixels.
+
+    Returns:
+        (B, K) the largest IoU of each predicted box over the T true boxes of its image.
+
+    Example:
+        >>> true = torch.tensor([[[0.0, 0.0, 2.0, 2.0], [4.0, 0.0, 6.0, 2.0]]])
+        >>> nearest_box_iou(torch.tensor([[[4.0, 0.0, 6.0, 2.0], [1.0, 0.0, 3.0, 2.0]]]), true)
+        tensor([[1.0000, 0.3333]])
+    """
+    b, k, t = pred.shape[0], pred.shape[1], true.shape[1]
+    pairs = paired_box_iou(pred[:, :, None].expand(b, k, t, 4), true[:, None].expand(b, k, t, 4))
+    return pairs.amax(-1)
+
+
+class GlimpseHits(Metric):
+    """How well K glimpses per image land on the T objects of multi-object data (Megapixel MNIST).
+
+    ``compute()`` returns ``(mean_iou, iou50, objects_seen)``: the mean over all glimpses of each
+    glimpse's IoU with its nearest true box, the fraction of glimpses with that IoU >= 0.5, and
+    the mean number per image of the marked objects (the digits of the label's class) that some
+    glimpse looked at, meaning that a glimpse's box covers at least half of the object's box.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for name, dtype in (("iou_sum", torch.float32), ("hits", torch.long), ("glimpses", torch.long)):
+            self.add_state(name, default=torch.tensor(0, dtype=dtype), dist_reduce_fx="sum")
+        self.add_state("seen", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("images", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, pred: Tensor, true: Tensor, marked: Tensor) -> None:
+        """``pred`` (B, K, 4), ``true`` (B, T, 4) pixel boxes; ``marked`` (B, T) bool: objects to count."""
+        pred, true = pred.detach().float(), true.detach().float()
+        iou = nearest_box_iou(pred, true)
+        self.iou_sum += iou.sum()
+        self.hits += (iou >= 0.5).sum()
+        self.glimpses += iou.numel()
+        lt = torch.maximum(pred[:, :, None, :2], true[:, None, :, :2])
+        rb = torch.minimum(pred[:, :, None, 2:], true[:, None, :, 2:])
+        inter = (rb - lt).clamp(min=0).prod(-1)  # (B, K, T)
+        area = (true[..., 2:] - true[..., :2]).prod(-1).clamp(min=1e-6)  # (B, T)
+        looked = (inter >= 0.5 * area[:, None]).any(1)  # (B, T)
+        self.seen += (looked & marked).sum()
+        self.images += pred.shape[0]
+
+    def compute(self) -> Tuple[Tensor, Tensor, Tensor]:
+        n = self.glimpses.clamp(min=1).float()
+        return self.iou_sum / n, self.hits.float() / n, self.seen.float() / self.images.clamp(min=1).float()

@@ -173,6 +173,7 @@ def box_tiles(
     true_labels: Optional[Tensor] = None,
     class_names: Optional[Sequence[str]] = None,
     scale: int = 1,
+    true_colours: Optional[Sequence[Sequence[Colour]]] = None,
 ) -> Tensor:
     """One tile per image: the image upscaled with its boxes drawn, under a title strip with the
     classes, in a frame that is red when the prediction is wrong.
@@ -181,11 +182,12 @@ def box_tiles(
         images: (N, C, H, W) float in [0, 1], C = 1 or 3.
         pred_boxes: (N, 4) or (N, K, 4) predicted pixel boxes (glimpse k in ``glimpse_colour(k)``);
             non-finite boxes are not drawn.
-        true_boxes: (N, 4) true pixel boxes, green.
+        true_boxes: (N, 4) or (N, T, 4) true pixel boxes, green.
         pred_labels, true_labels: (N,) class indices; the title shows the predicted class (red,
             left) and the true class (green, right). No title when both are None.
         class_names: names for the class indices (default: the indices).
         scale: integer upscaling of the images (nearest) before drawing.
+        true_colours: per image, one colour per true box (default all green).
 
     Returns:
         (N, 3, T + scale*H + 2*FRAME, scale*W + 2*FRAME) uint8, T the title height (0 without labels).
@@ -210,7 +212,8 @@ def box_tiles(
         if true_boxes is not None:
             b, finite = _outlines(true_boxes[i], scale, height, width)
             boxes.append(b)
-            colours += [TRUE_COLOUR] * len(b)
+            own = list(true_colours[i]) if true_colours is not None else [TRUE_COLOUR] * len(finite)
+            colours += [c for c, keep in zip(own, finite.tolist()) if keep]
         if pred_boxes is not None:
             b, finite = _outlines(pred_boxes[i], scale, height, width)
             boxes.append(b)
@@ -240,6 +243,7 @@ def box_grid(
     scale: int = 1,
     nrow: int = 8,
     legend: bool = True,
+    true_colours: Optional[Sequence[Sequence[Colour]]] = None,
 ) -> Tensor:
     """:func:`box_tiles` laid out in rows of ``nrow`` (``PADDING`` px between tiles), with a legend
     strip underneath naming the colours of what is drawn.
@@ -247,7 +251,9 @@ def box_grid(
     Returns:
         (3, H', W') uint8.
     """
-    tiles = box_tiles(images, pred_boxes, true_boxes, pred_labels, true_labels, class_names, scale)
+    tiles = box_tiles(
+        images, pred_boxes, true_boxes, pred_labels, true_labels, class_names, scale, true_colours
+    )
     grid = _grid(tiles, nrow)
     if not legend:
         return grid

@@ -18,13 +18,24 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from stn.callbacks import SaveConfig
 from stn.data.base import DataMissingError, TensorDataModule
 from stn.inference import build_model, data_info
-from stn.logs import MODEL_SECTIONS, hyperparameters, is_rank_zero, log_hparams_with_metrics, write_metrics
+from stn.logs import (
+    MODEL_SECTIONS,
+    EpochLog,
+    MetricFreeModelSummary,
+    hyperparameters,
+    is_rank_zero,
+    log_hparams_with_metrics,
+    quiet_lightning,
+    run_summary,
+    write_metrics,
+)
 from stn.sweep_jobs import WALL_TIME
 from stn.validation import ConfigError, check_config, load_weights, read_checkpoint
 
@@ -54,9 +65,40 @@ def build(cfg: DictConfig) -> Tuple[TensorDataModule, L.LightningModule]:
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: List[L.Callback] = ()) -> L.Trainer:
+    """The Trainer with the configured callbacks and loggers.
+
+    ``trainer.enable_progress_bar: null`` shows the progress bar only when stdout is a terminal (a
+    redirected log would get every redraw), else one line per epoch (:class:`~stn.logs.EpochLog`);
+    the model summary leaves out the metric objects.
+    """
+    quiet_lightning()
     callbacks = instantiate_all(cfg.get("callbacks")) + list(extra_callbacks)
     loggers = instantiate_all(cfg.get("logger"))
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    overrides: Dict[str, Any] = {}
+    if cfg.trainer.get("enable_progress_bar") is None:
+        overrides["enable_progress_bar"] = sys.stdout.isatty()
+        if not overrides["enable_progress_bar"]:
+            callbacks.append(EpochLog())
+    if cfg.trainer.get("enable_model_summary") is not False:
+        callbacks.append(MetricFreeModelSummary())
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+
+
+def _tensorboard_dir(cfg: DictConfig, trainer: L.Trainer) -> Optional[str]:
+    """What to pass to ``tensorboard --logdir``: the sweep folder in a multirun, else the run folder."""
+    if not any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
+        return None
+    return str(HydraConfig.get().sweep.dir) if in_multirun() else str(cfg.paths.output_dir)
+
+
+def finish_run(cfg: DictConfig, trainer: L.Trainer, metrics: Dict[str, float], tested: Optional[str]) -> None:
+    """``metrics.json`` with status ok, and the end-of-run summary on the console and in train.log."""
+    write_metrics(cfg.paths.output_dir, metrics, status="ok", tested_checkpoint=tested)
+    if is_rank_zero():
+        summary = run_summary(
+            cfg.paths.output_dir, metrics, tested, cfg.get("optimized_metric"), _tensorboard_dir(cfg, trainer)
+        )
+        log.info("Run finished.\n%s", summary)
 
 
 def _floats(metrics: Dict[str, Any]) -> Dict[str, float]:
@@ -90,7 +132,7 @@ def train(cfg: DictConfig) -> Dict[str, float]:
         metrics.update(_floats(trainer.callback_metrics))
     metrics[WALL_TIME] = time.time() - start
     log_hparams_with_metrics(trainer, cfg, metrics)
-    write_metrics(cfg.paths.output_dir, metrics, status="ok", tested_checkpoint=best)
+    finish_run(cfg, trainer, metrics, best)
     return metrics
 
 
@@ -123,7 +165,7 @@ def best_checkpoint(trainer: L.Trainer, resumed_from: Optional[str]) -> str:
 def evaluate(cfg: DictConfig) -> Dict[str, float]:
     """Rebuild data and model from a checkpoint, test them, write ``metrics.json``, return metrics.
 
-    Prints the checkpoint's results-table row (:func:`result_row`).
+    Prints the checkpoint's results-table row (:func:`result_row`) under its header.
     """
     check_config(cfg)
     path = Path(cfg.ckpt_path).expanduser()
@@ -139,14 +181,19 @@ def evaluate(cfg: DictConfig) -> Dict[str, float]:
     trainer = build_trainer(cfg)
     trainer.test(module, datamodule=datamodule)
     metrics = _floats(trainer.callback_metrics)
-    write_metrics(cfg.paths.output_dir, metrics, status="ok", tested_checkpoint=str(path))
+    finish_run(cfg, trainer, metrics, str(path))
     if is_rank_zero():
+        print(RESULT_HEADER)
         print(result_row(path.name, metrics))
     return metrics
 
 
+# The header of result_row's markdown table.
+RESULT_HEADER = "| checkpoint | test acc % | test error % | test IoU | test IoU>=0.5 |\n|---|---|---|---|---|"
+
+
 def result_row(name: str, metrics: Dict[str, float]) -> str:
-    """A markdown table row: name | accuracy % | error % | IoU | IoU>=0.5."""
+    """A markdown table row under RESULT_HEADER: name | accuracy % | error % | IoU | IoU>=0.5."""
     acc = metrics.get("test/acc", float("nan"))
     cells = [name, f"{100 * acc:.2f}", f"{100 * (1 - acc):.2f}"]
     cells += [f"{metrics[k]:.3f}" if k in metrics else "-" for k in ("test/iou", "test/iou50")]

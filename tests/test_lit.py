@@ -1,4 +1,4 @@
-"""stn.lit.GlimpseClassifier: the loss terms and their argument checks."""
+"""stn.lit.LitClassifier: the loss terms and their argument checks."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import functools
 import pytest
 import torch
 
-from stn.lit import GlimpseClassifier
+from stn.lit import LitClassifier
 from stn.models import AttentionModel, BoxHead
 
 MNIST = dict(in_channels=1, num_classes=10, image_size=(28, 28), mean=(0.1307,), std=(0.3081,))
 
 
-def module(**kwargs) -> GlimpseClassifier:
+def module(**kwargs) -> LitClassifier:
     torch.manual_seed(0)
     head = functools.partial(BoxHead, min_scale=0.2, max_scale=1.0, init_scale=0.6)
     model = AttentionModel(box_head=head, glimpse_size=(14, 14), **MNIST)
-    return GlimpseClassifier(model, 10, optimizer=functools.partial(torch.optim.Adam, lr=1e-2), **kwargs)
+    return LitClassifier(model, 10, optimizer=functools.partial(torch.optim.Adam, lr=1e-2), **kwargs)
 
 
 def batch(b=8):

@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from stn.tasks import build, train
-from tests.test_train import FAST, ROOT, make_cfg
+from tests.test_train import FAST, MEGAPIXEL_SMALL, ROOT, make_cfg
 
 MODELS = sorted(p.stem for p in (ROOT / "configs" / "model").glob("*.yaml"))
+# models for large images train on (scaled-down) Megapixel MNIST, the others on MNIST
+LARGE_IMAGE_MODELS = {"strided_cnn", "topk_glimpse"}
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -24,6 +26,7 @@ def test_every_model_config_trains_in_bf16_mixed(model, tmp_path, tiny_mnist_dir
         + [
             f"paths.data_dir={tiny_mnist_dir}",
             f"model={model}",
+            *(["data=megapixel_mnist", *MEGAPIXEL_SMALL] if model in LARGE_IMAGE_MODELS else []),
             "trainer.max_epochs=1",
             "trainer.precision=bf16-mixed",
             "logger=csv",

@@ -353,7 +353,7 @@ def test_in_multirun_reads_the_hydra_mode():
 # -- real sweeps -----------------------------------------------------------------------------------
 def hparams_of(tensorboard_dir: Path):
     """From event files: (session start hparams as python values, session end status,
-    scalars {tag: last value})."""
+    scalars {tag: last value}, the experiment: (metric names in order, hparams marked differing))."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -369,7 +369,10 @@ def hparams_of(tensorboard_dir: Path):
         kind = v.WhichOneof("kind")
         params[k] = getattr(v, kind)
     scalars = {tag: acc.Scalars(tag)[-1].value for tag in acc.Tags()["scalars"]}
-    return params, end.status, scalars
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    metrics = [m.name.tag for m in experiment.metric_infos]
+    differing = {h.name for h in experiment.hparam_infos if h.differs}
+    return params, end.status, scalars, (metrics, differing)
 
 
 @pytest.mark.slow
@@ -423,16 +426,34 @@ def test_grid_sweep_goes_on_after_failed_jobs_and_writes_the_summary(tmp_path, t
     assert "4 jobs (2 ok, 2 diverged)" in md and "| model | module.optimizer.lr |" in md
     assert not (s / "summary_grouped.csv").exists()
 
-    # TensorBoard HParams: every hyperparameter beside the final metrics, per ok job
+    # TensorBoard HParams: the hyperparameters a person would sweep beside the final metrics, per ok
+    # job; the swept ones marked (TensorBoard lists them first), the optimized metric first
     for r in rows[:2]:
-        params, status, scalars = hparams_of(jobs[r["job"]] / "tensorboard")
+        params, status, scalars, (metric_names, differing) = hparams_of(jobs[r["job"]] / "tensorboard")
         assert status == 1  # STATUS_SUCCESS
         assert params["module/optimizer/lr"] == pytest.approx(1e-3)
         assert params["seed"] == 12345
-        target = {"attention": "stn.models.AttentionModel", "cnn": "stn.models.CNNModel"}[r["model"]]
-        assert params["model/_target_"] == target
+        assert params["model"] == r["model"] and params["data"] == "mnist"
         assert params["trainer/max_epochs"] == 1
         assert ("model/box_head/min_scale" in params) == (r["model"] == "attention")
+        for key in params:
+            assert not key.endswith(("_target_", "_partial_", "_dir", "/devices", "/accelerator")), key
+        assert "data/data_dir" not in params and "trainer/default_root_dir" not in params
+        # the overrides of the command line that are hyperparameters (not devices, paths, callbacks)
+        assert differing == {
+            "model",
+            "module/optimizer/lr",
+            "module/nonfinite_check_every",
+            "trainer/max_epochs",
+            "trainer/limit_train_batches",
+            "trainer/limit_val_batches",
+            "trainer/limit_test_batches",
+            "data/batch_size",
+            "data/val_size",
+            "model/classifier/widths",
+        }
+        assert metric_names[:2] == ["val/acc_best", "test/acc"]
+        assert not any(m.startswith("lr-") for m in metric_names)
         saved = json.loads((jobs[r["job"]] / "metrics.json").read_text())
         for key in ("val/acc", "val/acc_best", "test/acc", "time/wall_s"):
             assert scalars[key] == pytest.approx(saved[key], rel=1e-6), key

@@ -21,7 +21,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from stn import pictures
-from stn.tasks import build, evaluate, train
+from stn.tasks import RESULT_HEADER, build, evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = str(ROOT / "configs")
@@ -238,6 +238,25 @@ def test_eval_rebuilds_model_from_checkpoint(trained, tmp_path, tiny_mnist_dir):
     assert {"test/boxes", "test/glimpses"} <= set(tags["images"])
 
 
+def test_checkpoint_naming_the_old_module_class_still_evaluates(tmp_path, tiny_mnist_dir):
+    """Checkpoints written before stn.lit.GlimpseClassifier became LitClassifier name the old class in
+    their saved config (stn_config.module._target_); eval.py still rebuilds and tests them."""
+    out = tmp_path / "old"
+    old = ["module._target_=stn.lit.GlimpseClassifier", "trainer.max_epochs=1", "test=false"]
+    train(make_cfg("train", out, FAST + [f"paths.data_dir={tiny_mnist_dir}", *old]))
+    last = out / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=True)["stn_config"]
+    assert saved["module"]["_target_"] == "stn.lit.GlimpseClassifier"
+    cfg = make_cfg(
+        "eval",
+        tmp_path / "eval",
+        [f"ckpt_path={last}", f"paths.data_dir={tiny_mnist_dir}", "trainer.limit_test_batches=2"],
+    )
+    result = evaluate(cfg)
+    assert 0.0 <= result["test/acc"] <= 1.0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["status"] == "ok"
+
+
 @pytest.mark.parametrize("model", ["attention", "affine_stn", "multi_glimpse", "cnn"])
 def test_every_model_config_trains(model, tmp_path, tiny_mnist_dir):
     cfg = make_cfg(
@@ -264,16 +283,35 @@ def run_cli(script: str, args: list[str], cwd: Path, env_extra: dict | None = No
 
 @pytest.mark.slow
 def test_cli_train_then_eval(tmp_path, tiny_mnist_dir):
-    """`python train.py` and `python eval.py` as a user runs them, output folders from Hydra."""
-    res = run_cli(
-        "train.py", FAST + [f"paths.log_dir={tmp_path}/logs"], tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)}
-    )
+    """`python train.py` and `python eval.py` as a user runs them, output folders from Hydra; what
+    the console and train.log show (the model summary and the progress bar as by default)."""
+    quiet = ("trainer.enable_progress_bar", "trainer.enable_model_summary")
+    args = [o for o in FAST if not o.startswith(quiet)] + [f"paths.log_dir={tmp_path}/logs"]
+    res = run_cli("train.py", args, tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)})
     assert res.returncode == 0, res.stderr[-3000:]
     runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
     assert len(runs) == 1
     run = runs[0]
     assert (run / ".hydra" / "config.yaml").is_file()
-    assert json.loads((run / "metrics.json").read_text())["test/acc"] >= 0
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["test/acc"] >= 0
+    output = res.stdout + res.stderr
+    # no tips, no known deprecation noise, no metric objects in the model summary; stdout is a
+    # pipe here, so no progress bar redraws
+    for noise in ("Tip:", "litlogger", "litmodels", "LeafSpec", "MulticlassAccuracy", "MeanMetric", "it/s"):
+        assert noise not in output, noise
+    assert "AttentionModel" in output  # the model summary is there
+    # the end-of-run summary, on the console and in train.log with Lightning's log
+    log_text = (run / "train.log").read_text()
+    best = saved["tested_checkpoint"]
+    for text in (output, log_text):
+        assert f"Run folder:        {run}" in text
+        assert f"Tested checkpoint: {best}" in text
+        assert f"python eval.py ckpt_path={best}" in text
+        assert f"tensorboard --logdir {run}" in text
+        assert f"test/acc {saved['test/acc']:.4f}" in text
+    assert "GPU available" in log_text and "AttentionModel" in log_text
+    assert "Epoch 2/2: train/loss " in log_text  # one line per epoch instead of the progress bar
     last = run / "checkpoints" / "last.ckpt"
     res = run_cli(
         "eval.py",
@@ -282,9 +320,50 @@ def test_cli_train_then_eval(tmp_path, tiny_mnist_dir):
         {"STN_DATA_DIR": str(tiny_mnist_dir)},
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "| last.ckpt |" in res.stdout
+    header, rule = RESULT_HEADER.splitlines()
+    lines = res.stdout.splitlines()
+    at = lines.index(header)
+    assert lines[at + 1] == rule and lines[at + 2].startswith("| last.ckpt |")
     evals = list((tmp_path / "logs" / "eval" / "runs").iterdir())
     assert json.loads((evals[0] / "metrics.json").read_text())["test/acc"] >= 0
+    assert f"Tested checkpoint: {last}" in (evals[0] / "eval.log").read_text()
+
+
+def test_cli_help_lists_groups_and_examples(tmp_path):
+    for script in ("train.py", "eval.py"):
+        res = run_cli(script, ["--help"], tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.stdout.startswith(f"{script}: train (train.py) or evaluate (eval.py)")
+        for text in (
+            "model: affine_stn, attention, cnn",
+            "experiment: cifar10",
+            "module=",
+            "python eval.py ckpt_path=",
+        ):
+            assert text in res.stdout, (script, text)
+
+
+@pytest.mark.slow
+def test_cli_diverged_run_records_its_status(tmp_path, tiny_mnist_dir):
+    """A single run that diverges: one line, exit 1, metrics.json: diverged, train.log: the traceback."""
+    args = [
+        *FAST,
+        "trainer.max_epochs=1",
+        "module.optimizer.lr=1e30",
+        "module.scheduler=null",
+        "module.nonfinite_check_every=1",
+        "callbacks.glimpse_images=null",
+        f"hydra.run.dir={tmp_path}/run",
+    ]
+    res = run_cli("train.py", args, tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)})
+    assert res.returncode == 1
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["status"] == "diverged"
+    assert saved["error"].startswith("NonFiniteLossError: training loss became NaN/Inf")
+    assert "Traceback" not in res.stdout + res.stderr
+    assert saved["error"] in res.stdout + res.stderr
+    log_text = (tmp_path / "run" / "train.log").read_text()
+    assert "Traceback" in log_text and "NonFiniteLossError" in log_text and "GPU available" in log_text
 
 
 @pytest.mark.slow
@@ -342,6 +421,9 @@ def test_cli_interrupted_run_keeps_checkpoint_and_resumes(tmp_path, tiny_mnist_d
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0 or "max_epochs=3` reached" in output
+    if proc.returncode != 0:  # stopped by the Ctrl-C, not finished before it: the folder says so
+        saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+        assert saved["status"] == "interrupted", (saved, output[-3000:])
     interrupted = torch.load(last, map_location="cpu", weights_only=True)
     res = run_cli("train.py", args + [f"ckpt_path={last}"], tmp_path, {"STN_DATA_DIR": str(tiny_mnist_dir)})
     assert res.returncode == 0, res.stderr[-3000:]
@@ -364,6 +446,11 @@ def test_cli_missing_data_is_one_clear_message(tmp_path):
     assert str(missing) in output
     assert "STN_DATA_DIR" in output
     assert "Traceback" not in output
+    # the run folder says why it stopped
+    (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["status"] == "failed" and saved["error"].startswith("DataMissingError: ")
+    assert saved["error"] in (run / "train.log").read_text()
 
 
 @pytest.mark.slow
@@ -414,9 +501,15 @@ def test_real_mnist_smoke_accuracy_floor(tmp_path, real_mnist_dir):
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
 
 
+# Megapixel canvases scaled down so the experiment trains in seconds (the model adapts to any size).
+MEGAPIXEL_SMALL = ["data.canvas_size=300", "data.num_noise=10", "data.train_size=96", "data.test_size=32"]
+SMALL = {"megapixel": MEGAPIXEL_SMALL}
+
+
 def experiment_cfg(name: str, out: Path, data_dirs: dict, extra=()):
     data = data_dirs["cifar"] if name.startswith("cifar10") else data_dirs["mnist"]
-    return make_cfg("train", out, FAST + [f"experiment={name}", f"paths.data_dir={data}", *extra])
+    small = [o for prefix, overrides in SMALL.items() if name.startswith(prefix) for o in overrides]
+    return make_cfg("train", out, FAST + small + [f"experiment={name}", f"paths.data_dir={data}", *extra])
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 
 from .loaders import Batch, EpochLoader, TensorLoader, to_float
+from .resume import ResumableData, ResumableLoader
 from .split import TensorSplit
 
 __all__ = ["DataMissingError", "TensorDataModule", "TensorSplit", "check_statistics"]
@@ -60,7 +61,11 @@ def check_statistics(
     return out[0], out[1]
 
 
-class TensorDataModule(L.LightningDataModule):
+class ResumableTensorLoader(ResumableLoader, TensorLoader):
+    """:class:`TensorLoader` that a run resumed from a mid-epoch checkpoint continues exactly."""
+
+
+class TensorDataModule(ResumableData, L.LightningDataModule):
     """Base class of the datamodules: the contract models and callbacks rely on, and the loaders.
 
     What every datamodule declares (:func:`stn.tasks.build` sizes and normalizes the model from
@@ -188,13 +193,14 @@ class TensorDataModule(L.LightningDataModule):
     # -- loaders ----------------------------------------------------------------------------------
     def make_loader(self, name: str, **options) -> EpochLoader:
         """The loader of split ``name`` with the :class:`~stn.data.loaders.EpochLoader` options;
-        subclasses that do not hold their splits in memory return another loader here."""
-        return TensorLoader(self.splits[name], **options)
+        subclasses that do not hold their splits in memory return another loader here. The
+        training loader resumes mid-epoch (:class:`~stn.data.resume.ResumableLoader`)."""
+        return (ResumableTensorLoader if name == "train" else TensorLoader)(self.splits[name], **options)
 
     def _loader(self, name: str, train: bool) -> EpochLoader:
         self.setup()
         trainer = self.trainer
-        return self.make_loader(
+        loader = self.make_loader(
             name,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
@@ -206,6 +212,7 @@ class TensorDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer is not None and train else 0,
             world_size=trainer.world_size if trainer is not None and train else 1,
         )
+        return self.resumable(loader) if isinstance(loader, ResumableLoader) else loader
 
     def train_dataloader(self) -> EpochLoader:
         return self._loader("train", train=True)

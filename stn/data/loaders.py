@@ -141,11 +141,7 @@ class TensorLoader(EpochLoader):
             order = torch.arange(n, device=self.device)
         for b in range(self.rank, len(self) * self.world_size, self.world_size):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            part = self.split
-            batch = {"image": part.images[idx], "label": part.labels[idx]}
-            if part.boxes is not None:
-                batch["box"] = part.boxes[idx]
-            yield self.transform(batch, gen)
+            yield self.transform(self.split.batch(idx), gen)
 
 
 class StreamLoader(EpochLoader):

@@ -11,7 +11,9 @@ composed config as they are. The config is ``configs/train.yaml`` with ``data=<n
 preview shows the very samples (same seed) a training run validates and tests on. It is drawn by
 :func:`stn.pictures.box_grid`, like TensorBoard's ``val/boxes``: the true box in green, one pixel
 outside the box's pixels (the outline never covers the digit), and the true class in green above
-each tile.
+each tile. Canvases larger than ``MAX_SIDE`` are shown shrunk to it (anti-aliased, no upscaling); on
+data with several objects per canvas (Megapixel MNIST's ``boxes``) the digits of the label's class
+are drawn in green, the others in ``OTHER_COLOUR``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+OTHER_COLOUR = (0, 170, 255)
+MAX_SIDE = 512
 OPTIONS = {"data": None, "out": None, "n": "32", "nrow": "8", "scale": "2", "split": "test"}
 
 
@@ -97,21 +101,32 @@ def preview(
     from hydra.utils import instantiate
     from PIL import Image
 
-    from stn.pictures import box_grid
+    from stn.pictures import TRUE_COLOUR, box_grid
 
     cfg = compose_data_config(name, overrides)
     if "device" in cfg:
         cfg.device = "cpu"
     datamodule = instantiate(cfg)
     batch = samples(datamodule, split, n)
+    images, boxes, colours = batch["image"], batch.get("box"), None
+    if "boxes" in batch:  # several objects per canvas: the label's class green, the others blue
+        boxes = batch["boxes"]
+        marked = (batch["digit_labels"] == batch["label"][:, None]).tolist()
+        colours = [[TRUE_COLOUR if m else OTHER_COLOUR for m in row] for row in marked]
+    side = max(images.shape[-2:])
+    if side > MAX_SIDE:  # large canvases: shrunk to fit, anti-aliased
+        f = MAX_SIDE / side
+        images = torch.nn.functional.interpolate(images, scale_factor=f, mode="bilinear", antialias=True)
+        boxes, scale = (None if boxes is None else boxes * f), 1
     classes = tuple(datamodule.classes) or None
     grid = box_grid(
-        batch["image"],
-        true_boxes=batch.get("box"),
+        images,
+        true_boxes=boxes,
         true_labels=batch["label"],
         class_names=classes,
         scale=scale,
         nrow=nrow,
+        true_colours=colours,
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +135,7 @@ def preview(
     rows = [" ".join(str(v) for v in labels[i : i + nrow]) for i in range(0, len(labels), nrow)]
     print(
         f"{out}: {len(labels)} {split} samples of {name}, image shape {tuple(batch['image'].shape[1:])}, "
-        f"boxes {'drawn' if 'box' in batch else 'absent'}; labels by row:\n  " + "\n  ".join(rows)
+        f"boxes {'drawn' if boxes is not None else 'absent'}; labels by row:\n  " + "\n  ".join(rows)
     )
     return out
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor
@@ -41,3 +41,15 @@ class TensorSplit:
         return TensorSplit(
             self.images[index], self.labels[index], None if self.boxes is None else self.boxes[index]
         )
+
+    def batch(self, index: Tensor) -> Dict[str, Tensor]:
+        """The raw batch of samples ``index``: ``"image"``, ``"label"`` and, if any, ``"box"``.
+
+        :class:`~stn.data.loaders.TensorLoader` asks its split only for this (and ``to``, ``len``),
+        so a split that renders its samples on demand (:class:`stn.data.megapixel.CanvasSpecs`)
+        loads the same way.
+        """
+        out = {"image": self.images[index], "label": self.labels[index]}
+        if self.boxes is not None:
+            out["box"] = self.boxes[index]
+        return out

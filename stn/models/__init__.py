@@ -10,8 +10,11 @@ from .affine_stn import AffineSTN
 from .attention import AttentionModel
 from .backbones import CifarNet, DigitNet
 from .cnn import CNNModel
+from .glimpse_model import GlimpseModel
 from .localization import AffineHead, BoxHead, Localizer
 from .multi_glimpse import MultiGlimpseModel
+from .strided_cnn import StridedCNN
+from .topk_glimpse import ScoreMap, TopKGlimpseModel
 
 __all__ = [
     "AffineHead",
@@ -21,6 +24,10 @@ __all__ = [
     "CifarNet",
     "CNNModel",
     "DigitNet",
+    "GlimpseModel",
     "Localizer",
     "MultiGlimpseModel",
+    "ScoreMap",
+    "StridedCNN",
+    "TopKGlimpseModel",
 ]

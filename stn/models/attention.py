@@ -10,7 +10,8 @@ from stn import ops
 
 from .backbones import DigitNet
 from .common import Fill, Size2, float32
-from .localization import BoxHead, GlimpseModel
+from .glimpse_model import GlimpseModel
+from .localization import BoxHead
 
 __all__ = ["AttentionModel"]
 

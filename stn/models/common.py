@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 Size2 = Union[int, Sequence[int]]
@@ -146,3 +147,24 @@ def float32(like: Tensor) -> torch.autocast:
     stay in float32 under mixed precision (a bf16 box edge near pixel 100 is only good to half a
     pixel). Cast the inputs with ``.float()`` inside it."""
     return torch.autocast(device_type=like.device.type, enabled=False)
+
+
+def low_res_view(images: Tensor, scale: float) -> Tensor:
+    """The whole image shrunk by ``scale`` with anti-aliasing (bilinear with a triangle filter the
+    size of the shrink, as PIL and ATS's ``rescale(anti_aliasing=True)`` do).
+
+    Shape: (B, C, H, W) -> (B, C, round(H * scale), round(W * scale)), at least 1x1; ``scale=1``
+    returns the images unchanged.
+    """
+    if scale == 1:
+        return images
+    h, w = images.shape[-2:]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def check_scale(value, name: str) -> float:
+    """A shrink factor in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{name} must be a number in (0, 1] (the shrink of the view), got {value!r}")
+    return float(value)

@@ -9,26 +9,22 @@ section 4; the usual cure for a transformer that collapses early).
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import (
-    Fill,
-    ImageModel,
     Size2,
-    as_fill,
     as_floats,
     as_ints,
     as_size,
-    check_padding_mode,
     check_positive_int,
     float32,
 )
 
-__all__ = ["Localizer", "BoxHead", "AffineHead", "GlimpseModel"]
+__all__ = ["Localizer", "BoxHead", "AffineHead"]
 
 
 class Localizer(nn.Module):
@@ -239,31 +235,3 @@ class AffineHead(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         with float32(features):
             return self.linear(features.float()).unflatten(-1, (2, 3))
-
-
-class GlimpseModel(ImageModel):
-    """Base of the models that look through glimpses: a localizer on the whole image, and how the
-    glimpses sample it.
-
-    Sets ``localizer`` (``localizer(in_channels=C, image_size=(H, W))``, default
-    :class:`Localizer`), ``glimpse_size`` (h, w; default the image size), ``padding_mode`` and
-    ``fill`` (checked here, so a bad value fails at construction, not at the first batch).
-    """
-
-    def __init__(
-        self,
-        localizer: Optional[Callable[..., nn.Module]],
-        glimpse_size: Optional[Size2],
-        padding_mode: str,
-        fill: Fill,
-        in_channels: int,
-        num_classes: int,
-        image_size: Size2,
-        mean: Sequence[float],
-        std: Sequence[float],
-    ) -> None:
-        super().__init__(in_channels, num_classes, image_size, mean, std)
-        self.glimpse_size = self.image_size if glimpse_size is None else as_size(glimpse_size, "glimpse_size")
-        self.padding_mode = check_padding_mode(padding_mode)
-        self.fill = as_fill(fill)
-        self.localizer = (localizer or Localizer)(in_channels=in_channels, image_size=self.image_size)

@@ -11,7 +11,8 @@ from stn import ops
 
 from .backbones import DigitNet
 from .common import Fill, Size2, as_floats, check_positive_int, float32
-from .localization import BoxHead, GlimpseModel
+from .glimpse_model import GlimpseModel
+from .localization import BoxHead
 
 __all__ = ["MultiGlimpseModel"]
 

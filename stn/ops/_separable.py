@@ -86,7 +86,14 @@ class Taps(NamedTuple):
 
 
 def axis_taps(
-    lo: Tensor, hi: Tensor, out_size: int, in_size: int, *, antialias: bool, padding_mode: str
+    lo: Tensor,
+    hi: Tensor,
+    out_size: int,
+    in_size: int,
+    *,
+    antialias: bool,
+    padding_mode: str,
+    dense: bool = False,
 ) -> Taps:
     """Taps of one axis: the sparse rows of ``Wy`` (or ``Wx``).
 
@@ -103,6 +110,10 @@ def axis_taps(
         in_size: image size along this axis.
         antialias: use the triangle filter for downscaled boxes.
         padding_mode: ``"zeros"`` (out-of-range taps get weight 0), ``"border"``, ``"reflection"``.
+        dense: every pixel of the axis is a tap (``index`` is ``arange(in_size)``), with the
+            padding folded in analytically (:func:`_dense_taps`); no data-dependent sizes.
+            Anti-aliased taps are dense anyway once they would outnumber the pixels (a box larger
+            than the image), so they never cost more than the image.
 
     Returns:
         :class:`Taps`: index (N, out_size, T) long in ``[0, in_size)``; weight (N, out_size, T),
@@ -122,8 +133,12 @@ def axis_taps(
     centre = torch.arange(out_size, dtype=dtype, device=device) + 0.5
     # Same arithmetic as roi_align(aligned=True): start - 0.5 plus (j + 0.5) bins: pixel-index coords.
     u = (lo - 0.5)[:, None] + centre * step[:, None]  # (N, out)
-    half = step.abs().clamp(min=1.0) if antialias else None
+    half = step.abs().clamp(min=1.0) if antialias or dense else None
+    if dense:
+        return _dense_taps(u, half, in_size, padding_mode)
     a_max = float(half.detach().max()) if half is not None and half.numel() else 1.0
+    if math.ceil(2 * a_max) > in_size:
+        return _dense_taps(u, half, in_size, padding_mode)
     zero = torch.zeros((), dtype=dtype, device=device)
     if a_max <= 1.0:
         count = torch.full((lo.shape[0],), 2, dtype=torch.long, device=device)
@@ -177,6 +192,70 @@ def axis_taps(
     else:  # pragma: no cover - validated by the caller
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     return Taps(k, weight, count, u, half, dpos, dscale)
+
+
+def _dense_taps(u: Tensor, half: Tensor, in_size: int, padding_mode: str) -> Taps:
+    """Triangle taps on every pixel of the axis: :class:`Taps` with T = ``in_size``.
+
+    The weight of pixel ``p`` sums the triangle ``1 - |k - u| / a`` over every position ``k`` of
+    the padded axis that reads ``p`` (``zeros``: only ``k = p``; ``border``: all ``k <= 0`` for
+    the first pixel and ``k >= in_size - 1`` for the last; ``reflection``: ``k = p`` and
+    ``k = 2 * in_size - 1 - p`` modulo ``2 * in_size``), over the sum of the whole triangle, each
+    in closed form (:func:`_triangle_sum`): the cost does not grow with the box.
+    """
+    n, out = u.shape
+    p = torch.arange(in_size, dtype=u.dtype, device=u.device)
+    uu, a = u[..., None], half[:, None, None]
+    inf = torch.tensor(math.inf, dtype=u.dtype, device=u.device)
+    zero = torch.zeros((), dtype=u.dtype, device=u.device)
+    if padding_mode == "reflection":
+        period = 2.0 * in_size
+        parts = [
+            _triangle_sum(p, period, -inf, inf, uu, a),
+            _triangle_sum(period - 1 - p, period, -inf, inf, uu, a),
+        ]
+        value, d_pos, d_scale = (x + y for x, y in zip(*parts))
+    else:
+        border = padding_mode == "border"  # the edge pixels also take every k past them
+        lo = torch.where(p == 0, -inf, zero) if border else zero
+        hi = torch.where(p == in_size - 1, inf, zero) if border else zero
+        value, d_pos, d_scale = _triangle_sum(p, 1.0, lo, hi, uu, a)
+    total, t_pos, t_scale = _triangle_sum(zero, 1.0, -inf, inf, uu, a)
+    weight = value / total
+    with torch.no_grad():
+        w, td = weight.detach(), total.detach()
+        dpos = (d_pos - w * t_pos) / td
+        dscale = (d_scale - w * t_scale) / td
+    index = torch.arange(in_size, device=u.device).expand(n, out, in_size)
+    count = torch.full((n,), in_size, dtype=torch.long, device=u.device)
+    return Taps(index, weight, count, u, half, dpos, dscale)
+
+
+def _triangle_sum(first, stride, j_lo, j_hi, u, a):
+    """Sum of the triangle ``1 - |k - u| / a`` over ``k = first + stride * j``, ``j_lo <= j <= j_hi``
+    (integers, may be infinite), ``k`` in its support ``(u - a, u + a]``.
+
+    Returns the sum (differentiable w.r.t. ``u`` and ``a``: the counts are constants) and its
+    derivatives w.r.t. ``u`` and ``a`` (no graph). Each side of ``u`` is an arithmetic run:
+    ``count * (1 - |mean k - u| / a)``, with no cancellation however long the run. ``k = u``
+    counts to the left, so kinks take the derivative from the right in ``u``, as elsewhere.
+    """
+    with torch.no_grad():
+        ud, ad = u.detach(), a.detach()
+        left_first = torch.floor((ud - ad - first) / stride) + 1  # first j with k > u - a
+        left_last = torch.floor((ud - first) / stride)  # last j with k <= u
+        right_last = torch.floor((ud + ad - first) / stride)  # last j with k <= u + a
+    value = d_pos = d_scale = 0
+    for j0, j1, side in ((left_first, left_last, -1.0), (left_last + 1, right_last, 1.0)):
+        with torch.no_grad():
+            j0, j1 = torch.maximum(j0, j_lo), torch.minimum(j1, j_hi)
+            count = (j1 - j0 + 1).clamp(min=0)
+            mean = first + stride * torch.where(count > 0, (j0 + j1) / 2, 0)
+        dist = side * (mean - u)  # mean |k - u| of the run
+        value = value + count * (1 - dist / a)
+        d_pos = d_pos + count * side / ad
+        d_scale = d_scale + count * dist.detach() / (ad * ad)
+    return value, d_pos, d_scale
 
 
 def _dense_columns(kx: Tensor, wx: Tensor, in_size: int) -> Tensor:

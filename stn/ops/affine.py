@@ -14,7 +14,7 @@ predict a box plus a small warp of the glimpse.
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -190,6 +190,68 @@ def _coverage_1d(g: Tensor, size: int) -> Tensor:
     return (1 - a) * in0 + a * in1  # exactly 1 inside: (1 - a) + a rounds to 1 in IEEE arithmetic
 
 
+def sample_grids(
+    images: Tensor,
+    params: Tensor,
+    idx: Optional[Tensor],
+    lead: Tuple[int, ...],
+    make_grid: Callable[[Tensor, Tuple[int, int]], Tensor],
+    size: Tuple[int, int],
+    padding_mode: str,
+    fill_values: Optional[Tensor],
+) -> Tensor:
+    """``grid_sample`` of the grids ``make_grid(params)`` in the three glimpse layouts.
+
+    Args:
+        images: (B, C, H, W).
+        params: (B, P...) with ``lead == (B,)``, (B, K, P...) with ``lead == (B, K)``, or
+            (N, P...) with ``idx`` (N,): one grid's parameters (a theta, a box) per glimpse.
+        idx: (N,) long image of each glimpse, or None for the first two layouts.
+        make_grid: (M, P...) parameters and ``size`` -> (M, h, w, 2) normalized ``grid_sample`` grid.
+        size: ``(h, w)``.
+        padding_mode: as in ``grid_sample``; fill_values: (1, C, 1, 1) or (C,) tensor added as
+            ``fill * (1 - coverage)`` (zeros mode), or None.
+
+    Returns:
+        (*lead, C, h, w) glimpses. The K grids of one image are stacked into one taller grid, so
+        each image is sampled once without a copy; with ``idx`` the same is done (padding every
+        image to the most glimpses on one image) unless those idle samples would cost more than
+        gathering ``images[idx]``, and always gathering while tracing (the count is data).
+    """
+    batch, channels, height, width = images.shape
+    h, w = size
+    slots = None
+    if idx is not None and idx.numel() and not torch.jit.is_tracing() and not _compiling():
+        most = int(torch.bincount(idx, minlength=batch).max())
+        if batch * most * h * w <= _STACK_RATIO * idx.numel() * height * width:
+            slots = _layers(idx, batch)  # rank of each glimpse among those of its image
+            stacked = params.new_zeros(batch, most, *params.shape[1:])
+            params = stacked.index_put((idx, slots), params)
+            lead = (batch, most)
+    if len(lead) == 2:
+        # (B, K): stack the K grids of each image vertically and sample each image once.
+        k = lead[1]
+        grid = make_grid(params.reshape(batch * k, *params.shape[2:]), size).reshape(batch, k * h, w, 2)
+        src = images
+    else:
+        grid = make_grid(params, size)
+        src = images if idx is None else images.index_select(0, idx)
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+    if fill_values is not None:
+        coverage = _coverage_1d(grid[..., 0], width) * _coverage_1d(grid[..., 1], height)
+        out = out + fill_values.reshape(1, -1, 1, 1) * (1 - coverage.unsqueeze(1))
+    if slots is not None:
+        return out.reshape(batch, channels, lead[1], h, w)[idx, :, slots]
+    if len(lead) == 2:
+        out = out.reshape(batch, channels, lead[1], h, w).transpose(1, 2).contiguous()
+    return out
+
+
+def _compiling() -> bool:
+    """True inside ``torch.compile`` (dynamo) tracing."""
+    return torch.compiler.is_compiling()
+
+
 def affine_glimpse(
     images: Tensor,
     theta: Tensor,
@@ -226,7 +288,10 @@ def affine_glimpse(
 
     Returns:
         Glimpses of shape (B, C, h, w), (B, K, C, h, w) or (N, C, h, w), contiguous, differentiable
-        w.r.t. ``images``, ``theta`` (and a tensor ``fill``).
+        w.r.t. ``images``, ``theta`` (and a tensor ``fill``). A theta with a NaN or infinite entry
+        gives an all-NaN glimpse and nothing else, as a bad box does in :func:`stn.ops.glimpse`:
+        in backward it and its image get nothing from that glimpse, so masking it out of the loss
+        keeps every gradient finite.
 
     Raises:
         TypeError, ValueError, IndexError: for bad types, shapes, sizes or indices, naming the
@@ -253,37 +318,33 @@ def affine_glimpse(
         raise ValueError(f"images must have non-empty spatial dimensions, got shape {tuple(images.shape)}")
     theta, idx, lead = _flatten_theta(images, theta, indices)
     fill_values = _fill_tensor(fill, images, padding_mode)
-    theta = theta.to(images.dtype)
+    theta, finite = isolate_non_finite(theta.to(images.dtype), 2)
+    out = sample_grids(images, theta, idx, lead, affine_grid, (h, w), padding_mode, fill_values)
+    return nan_where_not(finite, out)
 
-    slots = None
-    if idx is not None and idx.numel():
-        # Sample each image once through its boxes' stacked grids (the (B, K) path below, with K
-        # the most boxes on one image and idle slots) rather than copying images[indices], when
-        # the idle samples cost less than the copy.
-        most = int(torch.bincount(idx, minlength=batch).max())
-        if batch * most * h * w <= _STACK_RATIO * idx.numel() * height * width:
-            slots = _layers(idx, batch)  # rank of each theta among those of its image
-            theta = theta.new_zeros(batch, most, 2, 3).index_put((idx, slots), theta)
-            lead = (batch, most)
 
-    if len(lead) == 2:
-        # (B, K): stack the K grids of each image vertically and sample each image once.
-        k = lead[1]
-        grid = affine_grid(theta.reshape(batch * k, 2, 3), (h, w)).reshape(batch, k * h, w, 2)
-        src = images
-    else:
-        grid = affine_grid(theta, (h, w))
-        src = images if idx is None else images.index_select(0, idx)
+def isolate_non_finite(params: Tensor, item_dims: int) -> Tuple[Tensor, Optional[Tensor]]:
+    """Zero the items (the last ``item_dims`` dimensions: a box, a theta) that hold a NaN or Inf.
 
-    out = F.grid_sample(src, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
-    if fill_values is not None:
-        coverage = _coverage_1d(grid[..., 0], width) * _coverage_1d(grid[..., 1], height)
-        out = out + fill_values * (1 - coverage.unsqueeze(1))
-    if slots is not None:
-        return out.reshape(batch, channels, lead[1], h, w)[idx, :, slots]
-    if len(lead) == 2:
-        out = out.reshape(batch, channels, lead[1], h, w).transpose(1, 2).contiguous()
-    return out
+    Returns the cleaned params and the finite-item mask (``params.shape[:-item_dims]``), or None
+    when every item is finite (checked on CPU only; on other devices, and while tracing, always
+    masked rather than synchronized). The zeroed item samples harmlessly and, through
+    ``torch.where``, neither it nor anything it read gets a gradient from the output that
+    :func:`nan_where_not` then sets to NaN.
+    """
+    finite = torch.isfinite(params).flatten(-item_dims).all(-1)
+    if params.device.type == "cpu" and not (torch.jit.is_tracing() or _compiling()) and bool(finite.all()):
+        return params, None
+    zero = torch.zeros((), dtype=params.dtype, device=params.device)
+    return torch.where(finite.reshape(*finite.shape, *(1,) * item_dims), params, zero), finite
+
+
+def nan_where_not(finite: Optional[Tensor], out: Tensor) -> Tensor:
+    """``out`` (finite.shape + (C, h, w)) with the glimpses of non-finite items set to NaN."""
+    if finite is None:
+        return out
+    nan = torch.full((), float("nan"), dtype=out.dtype, device=out.device)
+    return torch.where(finite.reshape(*finite.shape, 1, 1, 1), out, nan)
 
 
 # --------------------------------------------------------------------------------------------------

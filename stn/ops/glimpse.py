@@ -1,24 +1,33 @@
 """Box glimpses: crop axis-aligned boxes out of images and resample them to a fixed size.
 
-Differentiable w.r.t. the images and the boxes, optionally anti-aliased. The computation is
-separable (``out = Wy @ image @ Wx^T`` with sparse interpolation matrices built from the boxes);
-see :mod:`stn.ops._separable`.
+Differentiable w.r.t. the images and the boxes, optionally anti-aliased. Plain bilinear glimpses
+are PyTorch's ``grid_sample`` of a grid built from the boxes directly (an axis-aligned box's grid
+is separable: two vectors broadcast, no ``affine_grid``), with the K boxes of an image stacked
+into one taller grid so that no image is copied. Anti-aliased ones are separable
+(``out = Wy @ image @ Wx^T`` with sparse triangle-filter matrices built from the boxes, see
+:mod:`stn.ops._separable`); while tracing, exporting or compiling, with dense matrices.
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from ._checks import Size2, check_images, check_size, flatten_boxes
 from ._separable import PADDING_MODES, axis_taps, sample_taps
+from .affine import _compiling, isolate_non_finite, nan_where_not, sample_grids
 
 __all__ = ["glimpse"]
 
 Fill = Union[float, Sequence[float], Tensor]
+
+# Forced implementation (tests): "auto" (see _engine), "taps" (the separable engine for plain
+# bilinear too) or "traced" (what tracing and export take).
+_ENGINE = "auto"
 
 
 def _fill_values(fill: Fill, channels: int, like: Tensor, padding_mode: str) -> Optional[Tensor]:
@@ -75,8 +84,8 @@ def glimpse(
     ``torchvision.ops.roi_align(..., sampling_ratio=1, aligned=True)``. The values are those of
     ``F.grid_sample(images, F.affine_grid(boxes_to_theta(boxes), ...), align_corners=False)``
     with the same ``padding_mode``, for any box, inside the image or not (and, away from the
-    image edge or with ``padding_mode="border"``, those of ``roi_align``), but the sampling is
-    separable and reads only the pixels it needs, which is faster on CPU.
+    image edge or with ``padding_mode="border"``, those of ``roi_align``), computed without
+    ``affine_grid`` and, for several boxes per image, without copying the image.
 
     Args:
         images: (B, C, H, W) floating point images (float32, float64, float16, bfloat16).
@@ -84,7 +93,8 @@ def glimpse(
             (B, K, 4): K glimpses per image, output (B, K, C, h, w);
             (N, 4) with ``indices``: glimpse ``n`` of image ``indices[n]``, output (N, C, h, w).
             Floating point; sample positions and weights are computed in the images' dtype, but
-            at least float32 (half precision cannot tell 200.1 from 200.2).
+            at least float32 (half precision cannot tell 200.1 from 200.2); plain bilinear
+            glimpses of half-precision images are sampled in float32 and cast back.
         size: ``(h, w)`` of the glimpses, or an int for square ones.
         indices: (N,) long, the image of each box (any order, repeats allowed), or None.
         padding_mode: value of samples outside the image, as in ``F.grid_sample``
@@ -100,17 +110,28 @@ def glimpse(
             the output pixels whose footprint lies inside the box equal ``F.interpolate(crop,
             size, mode="bilinear", antialias=True)``; footprints reaching past the image edge see
             the padding, like any sample (``interpolate`` renormalizes over the pixels it has).
-            Along an axis where the box is not larger than the glimpse nothing changes.
+            Along an axis where the box is not larger than the glimpse nothing changes. A box
+            larger than the image costs no more than the image: the taps stop at its pixels and
+            the padding beyond them enters in closed form.
 
     Returns:
         (B, C, h, w), (B, K, C, h, w) or (N, C, h, w) glimpses, dtype and device of ``images``.
         Differentiable w.r.t. ``images``, ``boxes`` (also with ``antialias``) and a tensor ``fill``.
-        The backward is deterministic (no atomics) on CPU and CUDA. Where a sample point sits
-        exactly on a pixel centre (or, anti-aliased, a filter edge on one), interpolation has a
-        kink; the gradient there is the derivative from the right, as if the sample were a hair
-        further right or down (as ``grid_sample``'s is; not zero, so integer-aligned boxes move).
-        Anti-aliased, a box exactly as large as the glimpse gets the plain bilinear gradient
-        (the blur's onset as it widens is a kink too, taken from the side of no blur).
+        The backward is deterministic on CPU; on CUDA with anti-aliasing, and for plain bilinear
+        under ``torch.use_deterministic_algorithms(True)`` (which then takes the separable engine
+        instead of ``grid_sample``, whose CUDA backward adds with atomics). Where a sample point
+        sits exactly on a pixel centre (or, anti-aliased, a filter edge on one), interpolation
+        has a kink; anti-aliased, the gradient there is the derivative from the right, as if the
+        sample were a hair further right or down; plain bilinear, ``grid_sample``'s normalized
+        grid rounds each such sample to one side or the other (never a zero gradient, so
+        integer-aligned boxes move). Anti-aliased, a box exactly as large as the glimpse gets the
+        plain bilinear gradient (the blur's onset as it widens is a kink too, taken from the side
+        of no blur).
+
+    Tracing, export, compile: under ``torch.jit.trace``, ``torch.onnx.export`` and
+    ``torch.compile`` the glimpse is plain tensor ops with nothing fixed by the boxes' values:
+    ``grid_sample`` (ONNX ``GridSample``, opset >= 16) for plain bilinear, ``einsum`` with dense
+    (N, h, H) and (N, w, W) triangle-filter matrices for ``antialias=True`` (same values).
 
     Special boxes:
         * Zero-size boxes (``x1 == x2``) repeat one sample; outputs and gradients stay finite.
@@ -136,7 +157,7 @@ def glimpse(
         >>> glimpse(images, torch.tensor([[0.0, 0.0, 4.0, 4.0]]), 2)
         tensor([[[[ 2.5000,  4.5000],
                   [10.5000, 12.5000]]]])
-        >>> glimpse(images, torch.tensor([[1.0, 0.0, 3.0, 2.0]]), (1, 2))  # x in [1, 3), y in [0, 2)
+        >>> glimpse(images, torch.tensor([[1.0, 0.0, 3.0, 2.0]]), (1, 2)).round(decimals=4)  # x 1-3, y 0-2
         tensor([[[[3., 4.]]]])
         >>> glimpse(images, torch.tensor([[0.0, 0.0, 4.0, 4.0]]), 1, antialias=True, padding_mode="border")
         tensor([[[[7.5000]]]])
@@ -155,10 +176,6 @@ def glimpse(
     # Sample positions and weights in at least float32: half precision cannot even tell 200.1 from
     # 200.2. The weights are cast to the images' dtype for the sampling itself.
     flat = flat.to(torch.promote_types(images.dtype, torch.float32))
-    if not antialias and (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or _exporting()):
-        return _grid_glimpse(images, flat, idx, (h, w), padding_mode, fill_values).reshape(
-            *lead, channels, h, w
-        )
     n = flat.shape[0]
     if n == 0:
         # Empty result that is still part of the graph, so that backward() gives zero gradients.
@@ -169,50 +186,68 @@ def glimpse(
             *lead, channels, h, w
         )
 
-    finite = torch.isfinite(flat).all(-1)  # (N,)
-    # On CPU, skip the masking when every box is finite (the common case); on CUDA always mask
-    # rather than synchronize to find out.
-    mask_bad = flat.device.type != "cpu" or not bool(finite.all())
-    if mask_bad:
-        flat = torch.where(finite[:, None], flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
-
+    flat, finite = isolate_non_finite(flat, 1)
+    engine = _engine(images, antialias)
+    if engine == "grid":
+        # grid_sample needs the grid in the images' dtype: sample half precision in float32.
+        src, pos = images.to(flat.dtype), flat if indices is not None else flat.reshape(*lead, 4)
+        make_grid = functools.partial(_box_grid, image_size=(height, width))
+        fill_src = None if fill_values is None else fill_values.to(src.dtype)
+        out = sample_grids(
+            src, pos, idx if indices is not None else None, lead, make_grid, (h, w), padding_mode, fill_src
+        )
+        return (
+            nan_where_not(finite, out.reshape(n, channels, h, w))
+            .to(images.dtype)
+            .reshape(*lead, channels, h, w)
+        )
     x1, y1, x2, y2 = flat.unbind(-1)
-    ty = axis_taps(y1, y2, h, height, antialias=antialias, padding_mode=padding_mode)
-    tx = axis_taps(x1, x2, w, width, antialias=antialias, padding_mode=padding_mode)
-    out = sample_taps(images, idx, ty, tx)
+    ty = axis_taps(y1, y2, h, height, antialias=antialias, padding_mode=padding_mode, dense=engine == "dense")
+    tx = axis_taps(x1, x2, w, width, antialias=antialias, padding_mode=padding_mode, dense=engine == "dense")
+    if engine == "dense":
+        # Plain tensor ops that trace and export: out = Wy @ image @ Wx^T with dense weights.
+        wy, wx = ty.weight.to(images.dtype), tx.weight.to(images.dtype)
+        out = torch.einsum("nih,nchw,njw->ncij", wy, images.index_select(0, idx), wx)
+    else:
+        out = sample_taps(images, idx, ty, tx)
     if fill_values is not None:
         # Outside taps carry weight 0 above; they should carry `fill`: add fill * (their weight).
         inside = ty.weight.sum(-1)[:, :, None] * tx.weight.sum(-1)[:, None, :]  # (N, h, w)
         out = out + (fill_values[:, None, None] * (1 - inside)[:, None]).to(out.dtype)
-    if mask_bad:
-        nan = torch.full((), float("nan"), dtype=out.dtype, device=out.device)
-        out = torch.where(finite[:, None, None, None], out, nan)
-    return out.reshape(*lead, channels, h, w)
+    return nan_where_not(finite, out).reshape(*lead, channels, h, w)
 
 
-def _exporting() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_exporting") and compiler.is_exporting())
+def _engine(images: Tensor, antialias: bool) -> str:
+    """Which implementation samples: "grid" (``grid_sample`` of an analytic grid: plain bilinear),
+    "taps" (the separable engine: anti-aliasing, and deterministic CUDA backward) or "dense"
+    (anti-aliasing with dense weight matrices: plain ops for tracing, ONNX export and
+    ``torch.compile``, which cannot follow the engine's custom autograd and data-dependent sizes).
+    """
+    if _ENGINE == "traced" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or _compiling():
+        return "dense" if antialias else "grid"
+    if antialias or _ENGINE == "taps":
+        return "taps"
+    # grid_sample's CUDA backward accumulates with atomics: nondeterministic.
+    return "taps" if images.device.type != "cpu" and torch.are_deterministic_algorithms_enabled() else "grid"
 
 
-def _grid_glimpse(images, flat, idx, size, padding_mode, fill_values):
-    """The export path (tracing, ONNX, ``torch.export``): the same sample points through
-    ``F.grid_sample`` (ONNX GridSample, opset >= 16), which those tools follow while the separable
-    engine's custom autograd and data-dependent sizes they cannot. Plain bilinear only. (N, C, h, w)."""
-    import torch.nn.functional as F
+def _box_grid(boxes: Tensor, size: Tuple[int, int], image_size: Tuple[int, int]) -> Tensor:
+    """(M, h, w, 2) ``grid_sample`` grid (``align_corners=False``) of (M, 4) pixel boxes.
 
-    h, w = size
-    height, width = images.shape[-2:]
-    x1, y1, x2, y2 = flat.unbind(-1)
-    finite = torch.isfinite(flat).all(-1)
-    steps = lambda k, like: (torch.arange(k, dtype=like.dtype, device=like.device) + 0.5) / k  # noqa: E731
-    # pixel x -> normalized 2 x / W - 1 (align_corners=False)
-    gx = (x1[:, None] + steps(w, flat)[None] * (x2 - x1)[:, None]) * (2 / width) - 1  # (N, w)
-    gy = (y1[:, None] + steps(h, flat)[None] * (y2 - y1)[:, None]) * (2 / height) - 1  # (N, h)
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1).to(images.dtype)
-    src = images.index_select(0, idx)
-    out = F.grid_sample(src, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
-    if fill_values is not None:
-        inside = F.grid_sample(torch.ones_like(src[:, :1]), grid, padding_mode="zeros", align_corners=False)
-        out = out + fill_values[:, None, None] * (1 - inside)
-    return torch.where(finite[:, None, None, None], out, torch.full_like(out, float("nan")))
+    Separable: x depends on the column only and y on the row only, so it is two (M, w) and
+    (M, h) vectors broadcast, not ``affine_grid``'s matrix product per point.
+    """
+    (h, w), (height, width) = size, image_size
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    cx = torch.arange(w, dtype=boxes.dtype, device=boxes.device) + 0.5
+    cy = torch.arange(h, dtype=boxes.dtype, device=boxes.device) + 0.5
+    # A sample meant to sit exactly on a pixel centre (every one of an integer box at the image's
+    # own size: the usual initial box) is a kink; grid_sample's rounding would put it a hair to
+    # either side, so that the gradient depended on the kernel (eager, compiled, CUDA). Moving
+    # every sample 2 eps right/down in the normalized grid (above that rounding; values change by
+    # eps * size times a pixel step) gives the derivative from the right, as the tap engine does.
+    nudge = 1 - 2 * torch.finfo(boxes.dtype).eps  # g = 2 x / W - 1 + 2 eps
+    gx = (x1[:, None] + cx * ((x2 - x1) / w)[:, None]) * (2 / width) - nudge  # (M, w)
+    gy = (y1[:, None] + cy * ((y2 - y1) / h)[:, None]) * (2 / height) - nudge  # (M, h)
+    m = boxes.shape[0]
+    return torch.stack([gx[:, None, :].expand(m, h, w), gy[:, :, None].expand(m, h, w)], dim=-1)

@@ -63,23 +63,21 @@ def random_boxes(n, height, width, generator, *, inside=False, min_size=1.0, dty
 
 
 @contextlib.contextmanager
-def glimpse_paths(*, rows="auto", columns="auto", chunk=None, dense_ratio=None, chunks=True):
-    """Force the private code paths of stn.ops._separable (restored afterwards).
+def glimpse_paths(*, engine="taps", rows="auto", columns="auto", chunk=None, dense_ratio=None, chunks=True):
+    """Force the private code paths of stn.ops.glimpse and stn.ops._separable (restored afterwards).
 
-    rows: "index_add" | "embedding_bag" | "auto"; columns: "scatter" | "dense" | "auto";
-    chunk: elements per CPU chunk (small values give one box per chunk); dense_ratio: 0 forces
-    gathered columns, a large value dense bmm columns; chunks=False: one chunk with every tap,
-    as on CUDA (no sorting or skipping of taps).
+    engine: "auto" (plain bilinear by grid_sample, anti-aliasing by the tap engine), "taps" (the
+    tap engine for both) or "traced" (what tracing, export and torch.compile take: grid_sample and
+    dense weight matrices). For the tap engine: rows: "index_add" | "embedding_bag" | "auto";
+    columns: "scatter" | "dense" | "auto"; chunk: elements per CPU chunk (small values give one box
+    per chunk); dense_ratio: 0 forces gathered columns, a large value dense bmm columns;
+    chunks=False: one chunk with every tap, as on CUDA (no sorting or skipping of taps).
     """
+    front = importlib.import_module("stn.ops.glimpse")
     module = importlib.import_module("stn.ops._separable")
-    saved = (
-        module._ROW_GRAD,
-        module._COLUMN_GRAD,
-        module._CHUNK_ELEMS,
-        module._DENSE_RATIO,
-        module._CPU_CHUNKS,
-    )
-    module._ROW_GRAD, module._COLUMN_GRAD, module._CPU_CHUNKS = rows, columns, chunks
+    names = ("_ROW_GRAD", "_COLUMN_GRAD", "_CHUNK_ELEMS", "_DENSE_RATIO", "_CPU_CHUNKS")
+    saved = front._ENGINE, [getattr(module, name) for name in names]
+    front._ENGINE, module._ROW_GRAD, module._COLUMN_GRAD, module._CPU_CHUNKS = engine, rows, columns, chunks
     if chunk is not None:
         module._CHUNK_ELEMS = chunk
     if dense_ratio is not None:
@@ -87,19 +85,19 @@ def glimpse_paths(*, rows="auto", columns="auto", chunk=None, dense_ratio=None, 
     try:
         yield
     finally:
-        (
-            module._ROW_GRAD,
-            module._COLUMN_GRAD,
-            module._CHUNK_ELEMS,
-            module._DENSE_RATIO,
-            module._CPU_CHUNKS,
-        ) = saved
+        front._ENGINE = saved[0]
+        for name, value in zip(names, saved[1]):
+            setattr(module, name, value)
 
 
-# Every combination of backward strategies and chunking that a device may take, runnable on CPU:
-# the defaults on CPU, what CUDA takes (embedding_bag rows, dense column backward, one chunk),
-# one box per chunk (sorted chunks with anti-aliasing), and dense/gathered columns forced.
+# Every implementation and every combination of the tap engine's backward strategies and chunking
+# that a device may take, runnable on CPU: the default dispatch (grid_sample for plain bilinear),
+# the traced one (grid_sample and dense matrices), and with the tap engine for everything: its CPU
+# defaults, what CUDA takes (embedding_bag rows, dense column backward, one chunk), one box per
+# chunk (sorted chunks with anti-aliasing), and dense/gathered columns forced.
 GLIMPSE_PATHS = {
+    "auto": {"engine": "auto"},
+    "traced": {"engine": "traced"},
     "cpu-default": {},
     "cuda-like": {"rows": "embedding_bag", "columns": "dense", "chunks": False},
     "tiny-chunks": {"chunk": 1},
@@ -131,6 +129,12 @@ def glimpse_path(request):
     """Runs the test once per entry of GLIMPSE_PATHS."""
     with glimpse_paths(**GLIMPSE_PATHS[request.param]):
         yield request.param
+
+
+@pytest.fixture(scope="session")
+def tap_engine():
+    """Context manager factory: the tap engine for plain bilinear glimpses too."""
+    return lambda: glimpse_paths(engine="taps")
 
 
 @pytest.fixture

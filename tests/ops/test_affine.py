@@ -258,6 +258,41 @@ def test_batch_zero():
 
 
 # --------------------------------------------------------------------------------------------------
+# non-finite thetas
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("strategy", ["gather", "stack"])
+def test_non_finite_theta_gives_nan_glimpse_only(bad, strategy, gen):
+    """As glimpse does for bad boxes: the bad theta's glimpse is NaN, the others are unchanged, and
+    with that glimpse masked out of the loss every gradient (the bad theta's too) is finite."""
+    images = torch.rand(2, 2, 9, 9, generator=gen)
+    theta = torch.randn(4, 2, 3, generator=gen) * 0.5
+    theta[1, 0, 2] = bad
+    idx = torch.tensor([0, 0, 1, 0])  # the bad theta shares image 0 with two good ones
+    good = [0, 2, 3]
+    with indices_strategy(strategy):
+        i, t = images.clone().requires_grad_(), theta.clone().requires_grad_()
+        out = affine_glimpse(i, t, 4, indices=idx, fill=0.5)
+        assert torch.isnan(out[1]).all()
+        ref_i, ref_t = images.clone().requires_grad_(), theta[good].clone().requires_grad_()
+        ref = affine_glimpse(ref_i, ref_t, 4, indices=idx[good], fill=0.5)
+    torch.testing.assert_close(out[good], ref)
+    out[good].sum().backward()
+    ref.sum().backward()
+    assert torch.isfinite(i.grad).all() and torch.isfinite(t.grad).all()
+    assert not t.grad[1].any()
+    torch.testing.assert_close(i.grad, ref_i.grad)
+    torch.testing.assert_close(t.grad[good], ref_t.grad)
+    # the per-image layout likewise
+    bk = theta[:2].reshape(1, 2, 2, 3).expand(2, 2, 2, 3).clone().requires_grad_()
+    out = affine_glimpse(images, bk, 4)
+    assert torch.isnan(out[:, 1]).all() and torch.isfinite(out[:, 0]).all()
+    out[:, 0].sum().backward()
+    assert torch.isfinite(bk.grad).all() and not bk.grad[:, 1].any()
+
+
+# --------------------------------------------------------------------------------------------------
 # bad input
 
 

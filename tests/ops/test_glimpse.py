@@ -4,6 +4,7 @@ padding and fill, anti-aliasing, special boxes, bad input, and a box found by gr
 from __future__ import annotations
 
 import importlib
+import time
 
 import pytest
 import torch
@@ -40,13 +41,20 @@ def test_layouts_shapes_and_dtype(glimpse_gen, make_boxes):
     assert b32.grad.dtype == torch.float32
 
 
-def test_identity_box_returns_the_image(glimpse_gen):
+def test_identity_box_returns_the_image(glimpse_gen, tap_engine):
+    """To 1e-6 by the tap engine; by grid_sample (plain bilinear, the default), whose samples are
+    moved 2 eps of the normalized grid right/down of the pixel centres (for a consistent
+    gradient at that kink), to 2 eps * (13 + 9) pixel steps (the move plus grid_sample's own
+    rounding)."""
     images = torch.rand(2, 3, 9, 13, generator=glimpse_gen)
     full = torch.tensor([[0.0, 0.0, 13.0, 9.0]]).expand(2, 4)
     for mode in PADDING_MODES:
         for antialias in (False, True):
-            out = glimpse(images, full, (9, 13), padding_mode=mode, antialias=antialias)
+            with tap_engine():
+                out = glimpse(images, full, (9, 13), padding_mode=mode, antialias=antialias)
             torch.testing.assert_close(out, images, atol=1e-6, rtol=0)
+            out = glimpse(images, full, (9, 13), padding_mode=mode, antialias=antialias)
+            torch.testing.assert_close(out, images, atol=2 * torch.finfo().eps * (13 + 9), rtol=0)
 
 
 @settings(max_examples=25, deadline=None)
@@ -211,26 +219,34 @@ def test_antialias_interior_equals_interpolate(box, size, glimpse_gen):
     assert (out[interior] - ref[interior]).abs().max() <= 1e-5
 
 
-def test_antialias_changes_nothing_when_upsampling(glimpse_gen):
+def test_antialias_changes_nothing_when_upsampling(glimpse_gen, tap_engine):
+    """Bit-exact against the tap engine's plain bilinear, and as close as rounding allows to the
+    default plain path (grid_sample)."""
     images = torch.rand(3, 2, 30, 30, generator=glimpse_gen)
     boxes = torch.tensor(
         [[2.3, 4.1, 9.9, 12.2], [-3.0, 25.5, 4.5, 31.0], [18.7, 1.2, 11.3, 8.8]]
     )  # last: inverted
     for mode in PADDING_MODES:
         a = glimpse(images, boxes, (16, 9), padding_mode=mode, antialias=True)
-        b = glimpse(images, boxes, (16, 9), padding_mode=mode)
+        with tap_engine():
+            b = glimpse(images, boxes, (16, 9), padding_mode=mode)
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+        torch.testing.assert_close(a, glimpse(images, boxes, (16, 9), padding_mode=mode))
 
 
-def test_antialias_gradient_at_pixel_centres_matches_bilinear(glimpse_gen):
+def test_antialias_gradient_at_pixel_centres_matches_bilinear(glimpse_gen, tap_engine):
     """A box sampling exactly at pixel centres (a = 1): anti-aliasing changes nothing, gradients
-    included, even when another box of the batch is downscaled (and takes the triangle filter)."""
+    included, even when another box of the batch is downscaled (and takes the triangle filter).
+    Plain bilinear by the tap engine, which, unlike grid_sample's normalized grid, hits pixel
+    centres exactly."""
     images = torch.rand(2, 2, 12, 16, generator=glimpse_gen, dtype=torch.float64)
     boxes = torch.tensor([[0.0, 0.0, 16.0, 12.0], [-3.3, 1.1, 15.2, 11.7]], dtype=torch.float64)
     grads = []
     for antialias in (False, True):
         b = boxes.clone().requires_grad_()
-        glimpse(images, b, (12, 16), antialias=antialias).mul(torch.arange(12.0)[:, None]).sum().backward()
+        with tap_engine():
+            out = glimpse(images, b, (12, 16), antialias=antialias)
+        out.mul(torch.arange(12.0)[:, None]).sum().backward()
         grads.append(b.grad[0])
     assert grads[0].abs().min() > 1e-3  # the right derivative, not zero
     torch.testing.assert_close(grads[1], grads[0])
@@ -371,12 +387,14 @@ def test_matches_grid_sample_gradients(glimpse_gen, make_boxes, glimpse_oracle):
 
 
 @pytest.mark.parametrize("antialias", [False, True])
-def test_gradient_at_pixel_centres_is_the_right_derivative(antialias, glimpse_gen):
+def test_gradient_at_pixel_centres_is_the_right_derivative(antialias, glimpse_gen, tap_engine):
     """Every sample on a pixel centre (a kink of bilinear interpolation): the gradient w.r.t. each
     coordinate is the one-sided difference quotient for increasing it (which moves every sample
     right or down). Anti-aliased, a box exactly as large as the glimpse (a = 1) has a second kink,
     the onset of the blur when it widens (x2, y2); its gradient there is the plain bilinear one
-    (test_antialias_gradient_at_pixel_centres_matches_bilinear), so only x1, y1 are checked."""
+    (test_antialias_gradient_at_pixel_centres_matches_bilinear), so only x1, y1 are checked.
+    Plain bilinear by grid_sample (the default) rounds each sample a hair to either side of the
+    centre, so each takes one side's derivative: the sum is finite and moves integer boxes."""
     images = torch.rand(2, 2, 11, 13, generator=glimpse_gen, dtype=torch.float64)
     boxes = torch.tensor([[2.0, 3.0, 6.0, 8.0], [0.0, 0.0, 13.0, 11.0]], dtype=torch.float64)
     weights = torch.randn(2, 2, 5, 4, generator=glimpse_gen, dtype=torch.float64)
@@ -384,14 +402,18 @@ def test_gradient_at_pixel_centres_is_the_right_derivative(antialias, glimpse_ge
     def loss(b):
         return (glimpse(images, b, (5, 4), antialias=antialias, padding_mode="border") * weights).sum()
 
+    with tap_engine():
+        b = boxes.clone().requires_grad_()
+        loss(b).backward()
+        eps = 1e-7
+        for n in range(2):
+            for k in range(2 if antialias and n == 0 else 4):
+                moved = boxes.clone()
+                moved[n, k] += eps
+                assert abs((loss(moved) - loss(boxes)).item() / eps - b.grad[n, k].item()) < 1e-5
     b = boxes.clone().requires_grad_()
     loss(b).backward()
-    eps = 1e-7
-    for n in range(2):
-        for k in range(2 if antialias and n == 0 else 4):
-            moved = boxes.clone()
-            moved[n, k] += eps
-            assert abs((loss(moved) - loss(boxes)).item() / eps - b.grad[n, k].item()) < 1e-5
+    assert torch.isfinite(b.grad).all() and (b.grad != 0).all()
 
 
 def test_inputs_not_modified(glimpse_gen, make_boxes):
@@ -481,6 +503,62 @@ def test_non_finite_box_gives_nan_glimpse_only(bad, glimpse_gen, make_boxes):
         glimpse(ri, rb, 4, indices=idx[good], antialias=antialias, fill=0.5).sum().backward()
         torch.testing.assert_close(i.grad, ri.grad)
         torch.testing.assert_close(b.grad[good], rb.grad)
+
+
+def _tiled(images, mode, reps):
+    """images padded by ``reps`` image sizes on every side the way ``mode`` pads them."""
+    if mode == "zeros":
+        return F.pad(images, [reps * images.shape[-1]] * 2 + [reps * images.shape[-2]] * 2)
+    if mode == "border":
+        return F.pad(images, [reps * images.shape[-1]] * 2 + [reps * images.shape[-2]] * 2, mode="replicate")
+    # reflection about the image edges: the signal [flip(x), x] repeats with period 2 * size;
+    # the unflipped copies are the odd tiles
+    for dim in (-1, -2):
+        pair = torch.cat([images.flip(dim), images], dim)
+        images = torch.cat([pair] * (reps + 1) + [images.flip(dim)], dim)  # 2 * reps + 3 sizes wide
+    return images
+
+
+@pytest.mark.parametrize("mode", PADDING_MODES)
+def test_antialias_box_larger_than_image_equals_padded_image(mode, glimpse_gen):
+    """Boxes far larger than the image read its padding analytically, with at most one tap per
+    image pixel: the same values and box gradients as the same box on the explicitly padded
+    image (which it fits, so there every padding position is an ordinary tap)."""
+    sep = importlib.import_module("stn.ops._separable")
+    images = torch.rand(2, 2, 5, 7, generator=glimpse_gen, dtype=torch.float64)
+    boxes = torch.tensor([[-9.33, -6.21, 15.13, 10.77], [20.11, -3.03, -12.37, 9.43]], dtype=torch.float64)
+    # the footprints (box +- box / glimpse) fit inside; reflected, copy 5 of the tiles is unflipped
+    shift = torch.tensor([7.0, 5.0, 7.0, 5.0], dtype=torch.float64) * (5 if mode == "reflection" else 4)
+    padded = _tiled(images, mode, 4)
+    b, pb = boxes.clone().requires_grad_(), (boxes + shift).requires_grad_()
+    taps = sep.axis_taps(b[:, 0], b[:, 2], 3, 7, antialias=True, padding_mode=mode)
+    assert taps.index.shape[-1] <= 7  # not the 2 * 24 / 3 = 16 a box of 24 px would need
+    out = glimpse(images, b, (2, 3), antialias=True, padding_mode=mode)
+    ref = glimpse(padded, pb, (2, 3), antialias=True, padding_mode=mode)
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(b.grad, pb.grad)
+    assert torch.autograd.gradcheck(
+        lambda i, bb: glimpse(i, bb, (2, 3), antialias=True, padding_mode=mode),
+        (images.clone().requires_grad_(), boxes.clone().requires_grad_()),
+    )
+
+
+def test_antialias_huge_box_costs_no_more_than_the_image():
+    """A 1e9-pixel box on a 40x40 image: the taps stop at the image (before the cap this tried to
+    allocate 16-32 GB; 1e7 px took 42 s)."""
+    images = torch.rand(3, 2, 40, 40)
+    boxes = torch.tensor([[-5e8, -5e8, 5e8, 5e8], [-1e9, 3.0, 1e9, 20.0], [1e3, 1e3, 1e9, 1e9]])
+    for mode in PADDING_MODES:
+        b = boxes.clone().requires_grad_()
+        start = time.perf_counter()
+        out = glimpse(images, b, (8, 8), antialias=True, padding_mode=mode)
+        out.sum().backward()
+        assert time.perf_counter() - start < 5.0
+        assert torch.isfinite(out).all() and torch.isfinite(b.grad).all()
+        if mode == "border":  # every tap beyond the image reads the edge: at most the edge's values
+            assert out.min() >= images.min() - 1e-6 and out.max() <= images.max() + 1e-6
 
 
 def test_huge_boxes_stay_safe():
@@ -593,22 +671,23 @@ def test_cuda_matches_cpu_and_is_deterministic(antialias, glimpse_gen, make_boxe
     idx = torch.randint(0, 6, (20,), generator=glimpse_gen)
     grad = torch.randn(20, 3, 9, 7, generator=glimpse_gen)
     results = []
-    for device in ("cpu", "cuda", "cuda"):
-        i = images.to(device).requires_grad_()
-        b = boxes.to(device).requires_grad_()
-        out = glimpse(i, b, (9, 7), indices=idx.to(device), antialias=antialias, fill=0.3)
-        out.backward(grad.to(device))
+    # The run of the default (grid_sample for plain bilinear, atomics in its backward), then two
+    # under torch.use_deterministic_algorithms, where glimpse promises a bitwise-repeatable backward.
+    for device, deterministic in (("cpu", False), ("cuda", False), ("cuda", True), ("cuda", True)):
+        torch.use_deterministic_algorithms(deterministic)
+        try:
+            i = images.to(device).requires_grad_()
+            b = boxes.to(device).requires_grad_()
+            out = glimpse(i, b, (9, 7), indices=idx.to(device), antialias=antialias, fill=0.3)
+            out.backward(grad.to(device))
+        finally:
+            torch.use_deterministic_algorithms(False)
         results.append([t.cpu() for t in (out, i.grad, b.grad)])
-    for a, r in zip(results[1], results[0]):
-        torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
-    for a, r in zip(results[1], results[2]):
+    for run in results[1:]:
+        for a, r in zip(run, results[0]):
+            torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
+    for a, r in zip(results[2], results[3]):
         assert torch.equal(a, r)
-    torch.use_deterministic_algorithms(True)
-    try:
-        i = images.cuda().requires_grad_()
-        glimpse(i, boxes.cuda(), (9, 7), indices=idx.cuda(), antialias=antialias).sum().backward()
-    finally:
-        torch.use_deterministic_algorithms(False)
 
 
 @CUDA

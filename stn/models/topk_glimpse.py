@@ -1,0 +1,235 @@
+"""Large images: a score map over a low-resolution view picks where K full-resolution glimpses go.
+
+Regressed boxes alone do not find a 28-pixel digit on a 1500-pixel canvas: a glimpse of black
+background has zero gradient with respect to its box, so a box that starts away from every digit
+never moves (README, Large images). Here the localizer is fully convolutional: it scores every
+cell of a low-resolution view, the K best-scoring local maxima seed K boxes, and small per-cell
+offsets (position and size, zero at the start) refine each box through the glimpse's gradient.
+The scores reach the loss through the attention weights that pool the glimpse features, so cells
+whose glimpses help the classification rise, and cells whose glimpses do not sink, so others get
+their turn. Optionally (``explore``), Gumbel noise on the scores in training makes the top-k a
+sample without replacement (attention sampling, Katharopoulos & Fleuret 2019, draws its patches
+from such a map); at the start the scores of a black canvas are nearly equal, so even noise of
+scale 1 sends the glimpses to random cells and the classifier learns nothing (README).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stn import ops
+
+from .backbones import DigitNet
+from .common import Fill, Size2, as_ints, as_size, check_positive_int, check_scale, float32, low_res_view
+from .glimpse_model import GlimpseModel
+
+__all__ = ["ScoreMap", "TopKGlimpseModel"]
+
+
+class ScoreMap(nn.Module):
+    """Fully convolutional localizer on a low-resolution view of the image.
+
+    It reads the (normalized) view: the image shrunk by ``view_scale`` with anti-aliasing
+    (:func:`~stn.models.common.low_res_view`, done by the model, which normalizes the small view
+    rather than the whole image: a normalized copy of a 1500x1500 batch of 16 is 144 MB). Then for
+    each entry of ``channels`` a 3x3 conv and ReLU, with a 2x2 max-pool between stages (no BatchNorm, as in
+    :class:`~stn.models.Localizer`). Two 1x1 heads read the last feature map: one score per cell,
+    and three box offsets per cell (zero weights and bias: boxes start at their seeds).
+
+    Built as ``ScoreMap(in_channels=C, image_size=(H, W), **config)``.
+
+    Args:
+        in_channels: C of the images; image_size: (H, W).
+        view_scale: shrink of the view (ATS: 0.12, so 1500 -> 180).
+        channels: channels of the conv stages.
+
+    Shape:
+        view (B, C, round(H * view_scale), round(W * view_scale)) -> scores (B, h, w) and offsets
+        (B, 3, h, w), where (h, w) is the view size divided by ``2 ** (len(channels) - 1)`` (rounded
+        down).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: Size2 = (1500, 1500),
+        view_scale: float = 0.12,
+        channels: Sequence[int] = (8, 16),
+    ) -> None:
+        super().__init__()
+        check_positive_int(in_channels, "in_channels")
+        self.image_size = as_size(image_size, "image_size")
+        self.view_scale = check_scale(view_scale, "view_scale")
+        channels = as_ints(channels, "channels")
+        view = [max(1, round(s * self.view_scale)) for s in self.image_size]
+        if min(view) < 2 ** (len(channels) - 1):
+            raise ValueError(
+                f"the view of {self.image_size} at view_scale={view_scale} is {tuple(view)}, too small for "
+                f"{len(channels)} stages with 2x2 pools between them (raise view_scale or use fewer channels)"
+            )
+        layers, cin = [], in_channels
+        for i, c in enumerate(channels):
+            if i:
+                layers.append(nn.MaxPool2d(2))
+            layers += [nn.Conv2d(cin, c, 3, padding=1), nn.ReLU(inplace=True)]
+            cin = c
+        self.convs = nn.Sequential(*layers)
+        self.score = nn.Conv2d(cin, 1, 1)
+        self.offset = nn.Conv2d(cin, 3, 1)
+        nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)
+
+    def forward(self, view: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.convs(view)
+        return self.score(x)[:, 0], self.offset(x)
+
+
+class TopKGlimpseModel(GlimpseModel):
+    """K full-resolution glimpses where a score map over a low-resolution view points, embedded by
+    a shared trunk and pooled with attention weights.
+
+    1. ``localizer`` (:class:`ScoreMap`, or any module with ``view_scale`` mapping the normalized
+       view to scores and offsets) scores the cells of the view and predicts per-cell offsets.
+    2. The K highest local maxima of the scores (a cell is a local maximum when no cell within
+       ``nms_window // 2`` cells scores higher; with Gumbel noise of scale ``explore`` added in
+       training) seed K boxes of ``box_size`` canvas pixels centred on their cells.
+    3. Each box moves by up to ``max_shift`` pixels and grows or shrinks by up to 2x by the offsets
+       at its cell (``tanh``-bounded), then :func:`stn.ops.glimpse` samples it at ``glimpse_size``
+       from the full-resolution image (differentiable in the box).
+    4. ``classifier`` (built without its head) turns each normalized glimpse into a feature vector;
+       the vectors are averaged with weights ``softmax_k(score_k + a(feature_k))`` (``a`` linear),
+       and a linear layer gives the logits.
+
+    Args:
+        localizer, classifier: factories (Hydra ``_partial_: true``), defaults :class:`ScoreMap`
+            and :class:`~stn.models.DigitNet`; ``classifier(in_channels=C, num_classes=None,
+            input_size=glimpse_size)`` must provide ``features`` and ``feature_dim``.
+        num_glimpses: K.
+        glimpse_size: (h, w) of each glimpse.
+        box_size: side of a box at its seed, in image pixels.
+        max_shift: how far (pixels) the offsets can move a box's centre from its cell's centre.
+        nms_window: side (cells, odd) of the window a seed must be the maximum of.
+        explore: scale of the Gumbel noise on the scores in training (0: plain top-k).
+        antialias, padding_mode, fill: glimpse sampling (see :func:`stn.ops.glimpse`).
+        in_channels, num_classes, image_size, mean, std: from the data.
+
+    Returns from ``forward(images)`` with images (B, C, H, W) in [0, 1]:
+        ``"logits"`` (B, classes); ``"boxes"`` (B, K, 4) pixel boxes ``(x1, y1, x2, y2)`` of the
+        image; ``"glimpses"`` (B, K, C, h, w) unnormalized; ``"weights"`` (B, K) attention
+        weights; ``"scores"`` (B, h', w') the score map over the view's cells.
+    """
+
+    def __init__(
+        self,
+        localizer: Optional[Callable[..., nn.Module]] = None,
+        classifier: Optional[Callable[..., nn.Module]] = None,
+        num_glimpses: int = 10,
+        glimpse_size: Size2 = (32, 32),
+        box_size: float = 32.0,
+        max_shift: float = 16.0,
+        nms_window: int = 3,
+        explore: float = 0.0,
+        antialias: bool = True,
+        padding_mode: str = "zeros",
+        fill: Fill = 0.0,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        image_size: Size2 = (1500, 1500),
+        mean: Sequence[float] = (0.0,),
+        std: Sequence[float] = (1.0,),
+    ) -> None:
+        super().__init__(
+            localizer or ScoreMap,
+            glimpse_size,
+            padding_mode,
+            fill,
+            in_channels,
+            num_classes,
+            image_size,
+            mean,
+            std,
+        )
+        self.num_glimpses = check_positive_int(num_glimpses, "num_glimpses")
+        if (
+            isinstance(nms_window, bool)
+            or not isinstance(nms_window, int)
+            or nms_window < 1
+            or not nms_window % 2
+        ):
+            raise ValueError(f"nms_window must be a positive odd int (cells), got {nms_window!r}")
+        for name, value, low in (
+            ("box_size", box_size, 1e-6),
+            ("max_shift", max_shift, 0),
+            ("explore", explore, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+                raise ValueError(f"{name} must be a number >= {low:g}, got {value!r}")
+        self.box_size, self.max_shift = float(box_size), float(max_shift)
+        self.nms_window, self.explore = nms_window, float(explore)
+        self.antialias = bool(antialias)
+        self.classifier = (classifier or DigitNet)(
+            in_channels=in_channels, num_classes=None, input_size=self.glimpse_size
+        )
+        if not (hasattr(self.classifier, "features") and hasattr(self.classifier, "feature_dim")):
+            raise ValueError(
+                f"the classifier of a TopKGlimpseModel must provide features(x) and feature_dim; "
+                f"{type(self.classifier).__name__} does not"
+            )
+        dim = self.classifier.feature_dim
+        self.attention = nn.Linear(dim, 1)
+        self.head = nn.Linear(dim, num_classes)
+
+    def localization_parameters(self) -> list:
+        """The score map's parameters (for their own learning rate)."""
+        return list(self.localizer.parameters())
+
+    def select(self, scores: Tensor) -> Tensor:
+        """(B, h, w) scores -> (B, K) flat indices of the seed cells (local maxima first)."""
+        b, h, w = scores.shape
+        k = self.num_glimpses
+        if k > h * w:
+            raise ValueError(f"num_glimpses={k} is more than the {h}x{w} cells of the score map")
+        s = scores.detach()
+        if self.training and self.explore > 0:
+            u = torch.rand_like(s).clamp_(1e-9, 1 - 1e-9)
+            s = s - self.explore * torch.log(-torch.log(u))  # Gumbel top-k: a sample without replacement
+        r = self.nms_window // 2
+        peak = s == F.max_pool2d(s[:, None], self.nms_window, stride=1, padding=r)[:, 0]
+        # non-maxima rank after every maximum, so they fill in only when there are fewer than K
+        ranked = torch.where(peak, s, s - (s.max() - s.min() + 1))
+        return ranked.flatten(1).topk(k, dim=1).indices
+
+    def forward(self, images: Tensor) -> Dict[str, Tensor]:
+        self.check_input(images)
+        b, c = images.shape[:2]
+        k, (gh, gw) = self.num_glimpses, self.glimpse_size
+        height, width = self.image_size
+        view = low_res_view(images, self.localizer.view_scale)  # shrink, then normalize: less memory
+        scores, offsets = self.localizer(self.normalize(view))
+        hs, ws = scores.shape[-2:]
+        cells = self.select(scores)  # (B, K)
+        picked = scores.flatten(1).gather(1, cells)  # (B, K), with gradient
+        with float32(images):  # box geometry and sampling in float32 also under mixed precision
+            off = offsets.float().flatten(2).gather(2, cells[:, None].expand(b, 3, k))  # (B, 3, K)
+            cell = torch.tensor([width / ws, height / hs], device=images.device)
+            grid = torch.stack([cells % ws, cells // ws], -1).float()  # (B, K, 2) cell (col, row)
+            centre = (grid + 0.5) * cell + self.max_shift * torch.tanh(off[:, :2].transpose(1, 2))
+            half = self.box_size / 2 * torch.pow(2.0, torch.tanh(off[:, 2]))[..., None]  # (B, K, 1)
+            boxes = torch.cat([centre - half, centre + half], -1)  # (B, K, 4)
+            glimpses = ops.glimpse(
+                images.float(),
+                boxes,
+                self.glimpse_size,
+                antialias=self.antialias,
+                padding_mode=self.padding_mode,
+                fill=self.fill,
+            )
+        feats = self.classifier.features(self.normalize(glimpses).reshape(b * k, c, gh, gw)).reshape(b, k, -1)
+        weights = torch.softmax(picked + self.attention(feats)[..., 0], dim=1)
+        logits = self.head((weights[..., None] * feats).sum(1))
+        return {"logits": logits, "boxes": boxes, "glimpses": glimpses, "weights": weights, "scores": scores}

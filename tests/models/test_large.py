@@ -1,0 +1,129 @@
+"""Large-image models: the score-map glimpse model and the strided CNN baselines; the multi-object
+glimpse metric."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stn.metrics import GlimpseHits, nearest_box_iou
+from stn.models import ScoreMap, StridedCNN, TopKGlimpseModel
+from stn.models.common import low_res_view
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SIZE = 300
+
+
+def canvas(squares, size=SIZE, b=1):
+    """(b, 1, size, size) black canvases with bright 20x20 squares at top-left corners ``squares``."""
+    x = torch.zeros(b, 1, size, size)
+    for cx, cy in squares:
+        x[:, :, cy : cy + 20, cx : cx + 20] = 1.0
+    return x
+
+
+def ink_detector(model: TopKGlimpseModel) -> None:
+    """Make the score map respond to ink: positive first-layer weights, score = sum of channels."""
+    with torch.no_grad():
+        for m in model.localizer.convs:
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.fill_(0.1)
+                m.bias.zero_()
+        model.localizer.score.weight.fill_(1.0)
+        model.localizer.score.bias.zero_()
+
+
+def test_low_res_view_shrinks_with_antialiasing():
+    x = torch.rand(2, 1, 150, 100)
+    v = low_res_view(x, 0.12)
+    assert v.shape == (2, 1, 18, 12)
+    torch.testing.assert_close(v.mean(), x.mean(), atol=0.02, rtol=0)  # an average, not a sampling
+    assert low_res_view(x, 1.0) is x
+
+
+def test_topk_model_shapes_and_boxes_on_the_ink():
+    model = TopKGlimpseModel(num_glimpses=3, image_size=(SIZE, SIZE)).eval()
+    ink_detector(model)
+    squares = [(40, 60), (200, 100), (120, 240)]
+    out = model(canvas(squares, b=2))
+    assert out["logits"].shape == (2, 10)
+    assert out["boxes"].shape == (2, 3, 4) and out["glimpses"].shape == (2, 3, 1, 32, 32)
+    assert out["weights"].shape == (2, 3) and torch.allclose(out["weights"].sum(1), torch.ones(2))
+    assert out["scores"].shape == (2, 18, 18)  # 300 * 0.12 = 36, one 2x2 pool
+    # every square holds a box centre within a cell (16.7 px) of its own centre; boxes are 32 px
+    centres = (out["boxes"][0, :, :2] + out["boxes"][0, :, 2:]) / 2
+    for cx, cy in squares:
+        d = (centres - torch.tensor([cx + 10.0, cy + 10.0])).abs().amax(1)
+        assert d.min() <= 300 / 18, (cx, cy, centres)
+    torch.testing.assert_close(out["boxes"][..., 2:] - out["boxes"][..., :2], torch.full((2, 3, 2), 32.0))
+    # the glimpses are of the ink at full resolution
+    assert (out["glimpses"].amax((2, 3, 4)) == 1).all()
+
+
+def test_topk_seeds_are_distinct_local_maxima_and_exploration_is_training_only():
+    model = TopKGlimpseModel(num_glimpses=4, image_size=(SIZE, SIZE), explore=1.0)
+    scores = torch.zeros(1, 18, 18)
+    scores[0, 5, 5], scores[0, 5, 6], scores[0, 10, 10] = 3.0, 2.9, 2.0  # (5, 6) is no local maximum
+    model.eval()
+    cells = model.select(scores)[0].tolist()
+    assert cells[:2] == [5 * 18 + 5, 10 * 18 + 10] and 5 * 18 + 6 not in cells[:3]
+    assert len(set(cells)) == 4
+    assert torch.equal(model.select(scores), model.select(scores))
+    model.train()
+    draws = {tuple(model.select(scores)[0].tolist()) for _ in range(10)}
+    assert len(draws) > 1  # Gumbel top-k: a sample
+    model.explore = 0.0
+    assert torch.equal(model.select(scores), model.select(scores))  # the default: plain top-k
+    with pytest.raises(ValueError, match="num_glimpses=400"):
+        TopKGlimpseModel(num_glimpses=400, image_size=(SIZE, SIZE)).eval()(canvas([]))
+
+
+def test_topk_gradients_reach_the_score_map_and_the_box_offsets():
+    model = TopKGlimpseModel(num_glimpses=3, image_size=(SIZE, SIZE)).eval()
+    ink_detector(model)
+    out = model(canvas([(40, 60), (200, 100)], b=2) * torch.tensor([1.0, 0.5]).view(2, 1, 1, 1))
+    out["logits"][:, 3].sum().backward()
+    loc = model.localizer
+    assert loc.score.weight.grad.abs().sum() > 0  # through the attention weights
+    assert loc.offset.weight.grad.abs().sum() > 0  # through the glimpses' box gradient
+
+
+def test_topk_arguments_are_checked():
+    for kw, name in (
+        ({"nms_window": 2}, "nms_window"),
+        ({"box_size": 0}, "box_size"),
+        ({"explore": -1}, "explore"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            TopKGlimpseModel(image_size=(SIZE, SIZE), **kw)
+    with pytest.raises(ValueError, match="view_scale"):
+        ScoreMap(image_size=(SIZE, SIZE), view_scale=1.5)
+    with pytest.raises(ValueError, match="too small"):
+        ScoreMap(image_size=(20, 20), view_scale=0.1, channels=(4, 4, 4))
+
+
+def test_strided_cnn_full_and_low_resolution_have_the_same_budget():
+    full = StridedCNN(image_size=(SIZE, SIZE))
+    low = StridedCNN(image_size=(SIZE, SIZE), view_scale=0.12, stem_stride=1)
+    n_full, n_low = (sum(p.numel() for p in m.parameters()) for m in (full, low))
+    assert abs(n_full - n_low) / n_full < 0.01
+    x = torch.rand(2, 1, SIZE, SIZE)
+    assert full(x)["logits"].shape == low(x)["logits"].shape == (2, 10)
+    assert full.localization_parameters() == []
+    with pytest.raises(ValueError, match="view_scale"):
+        StridedCNN(view_scale=0)
+
+
+def test_glimpse_hits_nearest_iou_and_label_digits_seen():
+    true = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [20.0, 0.0, 30.0, 10.0], [40.0, 0.0, 50.0, 10.0]]])
+    pred = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [18.0, 0.0, 28.0, 10.0], [100.0, 100.0, 110.0, 110.0]]])
+    torch.testing.assert_close(nearest_box_iou(pred, true), torch.tensor([[1.0, 8 / 12, 0.0]]))
+    metric = GlimpseHits()
+    metric.update(pred, true, torch.tensor([[True, True, True]]))
+    mean_iou, iou50, seen = metric.compute()
+    torch.testing.assert_close(mean_iou, torch.tensor((1 + 8 / 12) / 3))
+    torch.testing.assert_close(iou50, torch.tensor(2 / 3))
+    assert seen == 2  # the first two digits are covered (100% and 80%), the third not at all
+    metric.update(pred, true, torch.tensor([[False, True, True]]))  # an image where digit 0 is not marked
+    assert metric.compute()[2] == 1.5
