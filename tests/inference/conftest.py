@@ -44,7 +44,9 @@ def train_checkpoint(out: Path, overrides: list[str]) -> Path:
 def mnist_ckpt(tmp_path_factory, tiny_mnist_dir) -> Path:
     """The default attention model on tiny MNIST (1 channel, 28x28, classes "0".."9")."""
     out = tmp_path_factory.mktemp("mnist_ckpt") / "run"
-    return train_checkpoint(out, [f"paths.data_dir={tiny_mnist_dir}", "data.val_size=32"])
+    return train_checkpoint(
+        out, ["data=mnist", "model=attention", f"paths.data_dir={tiny_mnist_dir}", "data.val_size=32"]
+    )
 
 
 @pytest.fixture(scope="session")
