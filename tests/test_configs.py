@@ -26,6 +26,7 @@ SUPPLIED = {
     "module": {"model", "num_classes"},
     "data": set(),
     "stn.models.Localizer": {"in_channels", "image_size"},
+    "stn.models.ScoreMap": {"in_channels", "image_size"},
     "stn.models.BoxHead": {"in_features", "image_size", "num_boxes"},
     "stn.models.AffineHead": {"in_features"},
     "stn.models.DigitNet": {"in_channels", "num_classes", "input_size"},

@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = str(ROOT / "configs")
 
 # One short epoch of a small model: enough for every metric and file to exist.
+# plain MNIST, not the default translated canvas: these tests are about sweeping, not the data
 TINY = [
+    "data=mnist",
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=1",
@@ -441,6 +443,7 @@ def test_grid_sweep_goes_on_after_failed_jobs_and_writes_the_summary(tmp_path, t
         assert "data/data_dir" not in params and "trainer/default_root_dir" not in params
         # the overrides of the command line that are hyperparameters (not devices, paths, callbacks)
         assert differing == {
+            "data",
             "model",
             "module/optimizer/lr",
             "module/nonfinite_check_every",
