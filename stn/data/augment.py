@@ -14,7 +14,8 @@ from torch import Tensor
 
 from .loaders import Batch, to_float
 
-PADDING_MODES = ("reflect", "zeros", "replicate")
+#: how a random crop reads beyond the image (F.pad names; not the glimpse ops' PADDING_MODES)
+CROP_PADDING_MODES = ("reflect", "zeros", "replicate")
 
 
 def _source_index(
@@ -71,8 +72,8 @@ def random_crop_flip(
     """
     if images.dim() != 4:
         raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    if padding_mode not in CROP_PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {CROP_PADDING_MODES}, got {padding_mode!r}")
     b, c, h, w = images.shape
     if padding < 0 or (padding_mode == "reflect" and padding >= min(h, w)):
         raise ValueError(f"padding must be in [0, {min(h, w) - 1}] for {h}x{w} images, got {padding}")
@@ -113,8 +114,8 @@ class CropFlip:
     """
 
     def __init__(self, padding: int = 4, padding_mode: str = "reflect", flip: bool = True) -> None:
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        if padding_mode not in CROP_PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {CROP_PADDING_MODES}, got {padding_mode!r}")
         if padding < 0:
             raise ValueError(f"padding must be >= 0, got {padding}")
         self.padding, self.padding_mode, self.flip = padding, padding_mode, flip

@@ -21,12 +21,14 @@ import sys
 import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
+
+from stn.ops._checks import Size2, check_size
 
 from .base import DataMissingError
 
@@ -44,7 +46,6 @@ warnings.filterwarnings(
     category=DeprecationWarning,
 )
 
-Size = Union[int, Sequence[int]]
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 # libjpeg's warnings (jerror.h JWRN_*) that mean the picture is damaged
 _LIBJPEG_WARNING = re.compile(
@@ -74,17 +75,6 @@ def describe(failures: Dict[str, str]) -> str:
     return "; ".join(items[:_LISTED]) + (f"; and {more} more" if more > 0 else "")
 
 
-def _pair(size: Optional[Size], name: str) -> Optional[Tuple[int, int]]:
-    if size is None:
-        return None
-    if isinstance(size, int):
-        return (size, size)
-    size = tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"{name} must be an int or [height, width], got {size}")
-    return size
-
-
 class ImageDecoder:
     """File path -> uint8 (C, H, W): decode, optionally resize, then fit to ``image_size``.
 
@@ -99,15 +89,15 @@ class ImageDecoder:
     def __init__(
         self,
         channels: int = 3,
-        image_size: Optional[Size] = None,
-        resize: Optional[Size] = None,
+        image_size: Optional[Size2] = None,
+        resize: Optional[Size2] = None,
         center_crop: bool = False,
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         self.channels = channels
-        self.image_size = _pair(image_size, "image_size")
-        self.resize = resize if resize is None or isinstance(resize, int) else _pair(resize, "resize")
+        self.image_size = None if image_size is None else check_size(image_size, "image_size")
+        self.resize = resize if resize is None or isinstance(resize, int) else check_size(resize, "resize")
         self.center_crop = center_crop
 
     def options(self) -> dict:

@@ -30,9 +30,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from stn.ops._checks import Size2
+
 from .augment import CropFlip
 from .base import DataMissingError, TensorDataModule, TensorSplit, check_statistics
-from .decode import ImageDecoder, Size, UnreadableImagesError, decode_files
+from .decode import ImageDecoder, UnreadableImagesError, decode_files
 from .loaders import Batch, EpochLoader, StreamLoader
 
 log = logging.getLogger(__name__)
@@ -105,8 +107,8 @@ class ImageFolderDataModule(TensorDataModule):
         seed: int = 0,
         split_seed: int = 0,
         device: str = "auto",
-        image_size: Optional[Size] = None,
-        resize: Optional[Size] = None,
+        image_size: Optional[Size2] = None,
+        resize: Optional[Size2] = None,
         center_crop: bool = False,
         channels: int = 3,
         mean: Optional[Sequence[float]] = None,

@@ -40,6 +40,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from stn.ops._checks import check_int
+
 from .base import TensorDataModule
 from .loaders import Batch, derive_seed
 from .mnist import load_mnist
@@ -251,12 +253,6 @@ def sample_canvases(
     )
 
 
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
 class MegapixelMNISTDataModule(TensorDataModule):
     """Megapixel MNIST: 5 digits and 50 noise patches on a large black canvas; the label is the
     class of the 3 digits that share it (see the module docstring for the recipe).
@@ -311,19 +307,19 @@ class MegapixelMNISTDataModule(TensorDataModule):
             device=device,
             split_seed=split_seed,
         )
-        self.num_digits = _check_int("num_digits", num_digits, 1)
-        self.num_label_digits = _check_int("num_label_digits", num_label_digits, 1)
+        self.num_digits = check_int(num_digits, "num_digits", 1)
+        self.num_label_digits = check_int(num_label_digits, "num_label_digits", 1)
         if not num_digits / 2 < num_label_digits <= num_digits:
             raise ValueError(
                 f"num_label_digits={num_label_digits} must be more than half of num_digits={num_digits} "
                 "(so the label's class is the majority) and at most num_digits"
             )
-        self.num_noise = _check_int("num_noise", num_noise, 0)
-        self.noise_patterns = _check_int("noise_patterns", noise_patterns, 1)
+        self.num_noise = check_int(num_noise, "num_noise", 0)
+        self.noise_patterns = check_int(noise_patterns, "noise_patterns", 1)
         low = 2 * DIGIT + 1 if num_noise else DIGIT
-        self.canvas_size = _check_int("canvas_size", canvas_size, low)
-        self.train_size = _check_int("train_size", train_size, 1)
-        self.test_size = _check_int("test_size", test_size, 1)
+        self.canvas_size = check_int(canvas_size, "canvas_size", low)
+        self.train_size = check_int(train_size, "train_size", 1)
+        self.test_size = check_int(test_size, "test_size", 1)
         for name, value in (("mean", mean), ("std", std)):
             if value is not None and len(value) != 1:
                 raise ValueError(f"{name} must have one value (grey canvases), got {list(value)}")

@@ -7,9 +7,10 @@ from typing import Callable, Dict, Optional, Sequence
 from torch import Tensor, nn
 
 from stn import ops
+from stn.ops._checks import Fill, Size2
 
 from .backbones import DigitNet
-from .common import Fill, Size2, float32
+from .common import float32
 from .glimpse_model import GlimpseModel
 from .localization import AffineHead
 

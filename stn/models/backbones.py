@@ -14,7 +14,9 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .common import Size2, as_ints, as_size, check_positive_int
+from stn.ops._checks import Size2, check_int, check_size
+
+from .common import as_ints
 
 __all__ = ["DigitNet", "CifarNet"]
 
@@ -40,7 +42,7 @@ class _Backbone(nn.Module):
             self.num_classes = None
             self.head = None
         else:
-            self.num_classes = check_positive_int(num_classes, "num_classes")
+            self.num_classes = check_int(num_classes, "num_classes")
             self.head = nn.Linear(feature_dim, num_classes, bias=bias)
 
     def features(self, x: Tensor) -> Tensor:
@@ -83,8 +85,8 @@ class DigitNet(_Backbone):
         channels_last: bool = True,
     ):
         super().__init__()
-        check_positive_int(in_channels, "in_channels")
-        self.input_size = as_size(input_size, "input_size")
+        check_int(in_channels, "in_channels")
+        self.input_size = check_size(input_size, "input_size")
         widths = as_ints(widths, "widths")
         need = 2 ** (len(widths) - 1)
         if min(self.input_size) < need:
@@ -136,9 +138,9 @@ class CifarNet(_Backbone):
         channels_last: bool = True,
     ):
         super().__init__()
-        check_positive_int(in_channels, "in_channels")
-        check_positive_int(stem, "stem")
-        self.input_size = as_size(input_size, "input_size")
+        check_int(in_channels, "in_channels")
+        check_int(stem, "stem")
+        self.input_size = check_size(input_size, "input_size")
         widths = as_ints(widths, "widths")
         need = 2 ** len(widths)
         if min(self.input_size) < need:

@@ -6,8 +6,10 @@ from typing import Callable, Dict, Optional, Sequence
 
 from torch import Tensor, nn
 
+from stn.ops._checks import Size2
+
 from .backbones import DigitNet
-from .common import ImageModel, Size2
+from .common import ImageModel
 
 __all__ = ["CNNModel"]
 

@@ -7,27 +7,13 @@ plain numbers and raise ``ValueError`` naming the argument and what was received
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Size2 = Union[int, Sequence[int]]
-Fill = Union[float, Sequence[float]]  # one value, or one per channel
-
-
-def as_size(value: Size2, name: str) -> Tuple[int, int]:
-    """An int or an ``(h, w)`` pair (list, tuple, ListConfig) as a tuple of two positive ints."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    try:
-        h, w = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an int or a pair (h, w) of ints, got {value!r}") from None
-    if h <= 0 or w <= 0:
-        raise ValueError(f"{name} must be positive, got {(h, w)}")
-    return h, w
+from stn.ops._checks import Size2, check_int, check_size
 
 
 def as_floats(value, name: str, length: Optional[int] = None) -> Tuple[float, ...]:
@@ -54,12 +40,6 @@ def as_ints(value, name: str, min_len: int = 1) -> Tuple[int, ...]:
     if len(out) < min_len or any(v <= 0 for v in out):
         raise ValueError(f"{name} must be at least {min_len} positive ints, got {out}")
     return out
-
-
-def check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class Normalize(nn.Module):
@@ -91,18 +71,6 @@ class Normalize(nn.Module):
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
 
-def check_images(images: Tensor, in_channels: int, image_size: Tuple[int, int]) -> None:
-    """Models are built for one image shape: say so clearly when another one arrives."""
-    if not isinstance(images, Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dim() != 4 or images.shape[1] != in_channels or tuple(images.shape[-2:]) != tuple(image_size):
-        raise ValueError(
-            f"images must have shape (B, {in_channels}, {image_size[0]}, {image_size[1]}) "
-            f"(the model was built with in_channels={in_channels}, image_size={tuple(image_size)}), "
-            f"got {tuple(images.shape)}"
-        )
-
-
 class ImageModel(nn.Module):
     """Base of the models: the shape of the data they are built for, its normalization (buffers,
     saved with the weights), and a clear error for inputs of another shape."""
@@ -116,30 +84,21 @@ class ImageModel(nn.Module):
         std: Sequence[float],
     ) -> None:
         super().__init__()
-        self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.num_classes = check_positive_int(num_classes, "num_classes")
-        self.image_size = as_size(image_size, "image_size")
+        self.in_channels = check_int(in_channels, "in_channels")
+        self.num_classes = check_int(num_classes, "num_classes")
+        self.image_size = check_size(image_size, "image_size")
         self.normalize = Normalize(mean, std, in_channels)
 
     def check_input(self, images: Tensor) -> None:
-        check_images(images, self.in_channels, self.image_size)
-
-
-PADDING_MODES = ("zeros", "border", "reflection")
-
-
-def check_padding_mode(padding_mode) -> str:
-    """Fail at construction, not at the first batch, on a padding mode the glimpse ops lack."""
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-    return str(padding_mode)
-
-
-def as_fill(fill, name: str = "fill"):
-    """A number, or a sequence of numbers (one per channel), as plain Python for the glimpse ops."""
-    if isinstance(fill, (int, float)) and not isinstance(fill, bool):
-        return float(fill)
-    return as_floats(fill, name)
+        """Models are built for one image shape: say so clearly when another one arrives."""
+        c, (h, w) = self.in_channels, self.image_size
+        if not isinstance(images, Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.dim() != 4 or images.shape[1] != c or tuple(images.shape[-2:]) != (h, w):
+            raise ValueError(
+                f"images must have shape (B, {c}, {h}, {w}) (the model was built with in_channels={c}, "
+                f"image_size={(h, w)}), got {tuple(images.shape)}"
+            )
 
 
 def float32(like: Tensor) -> torch.autocast:

@@ -10,7 +10,9 @@ from typing import Callable, Optional, Sequence
 
 from torch import nn
 
-from .common import Fill, ImageModel, Size2, as_fill, as_size, check_padding_mode
+from stn.ops._checks import Fill, Size2, check_fill, check_padding_mode, check_size
+
+from .common import ImageModel
 from .localization import Localizer
 
 __all__ = ["GlimpseModel"]
@@ -38,7 +40,9 @@ class GlimpseModel(ImageModel):
         std: Sequence[float],
     ) -> None:
         super().__init__(in_channels, num_classes, image_size, mean, std)
-        self.glimpse_size = self.image_size if glimpse_size is None else as_size(glimpse_size, "glimpse_size")
+        self.glimpse_size = (
+            self.image_size if glimpse_size is None else check_size(glimpse_size, "glimpse_size")
+        )
         self.padding_mode = check_padding_mode(padding_mode)
-        self.fill = as_fill(fill)
+        self.fill = check_fill(fill, in_channels)
         self.localizer = (localizer or Localizer)(in_channels=in_channels, image_size=self.image_size)

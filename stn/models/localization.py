@@ -15,14 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import (
-    Size2,
-    as_floats,
-    as_ints,
-    as_size,
-    check_positive_int,
-    float32,
-)
+from stn.ops._checks import Size2, check_int, check_size
+
+from .common import as_floats, as_ints, float32
 
 __all__ = ["Localizer", "BoxHead", "AffineHead"]
 
@@ -58,11 +53,11 @@ class Localizer(nn.Module):
         hidden: int = 32,
     ):
         super().__init__()
-        check_positive_int(in_channels, "in_channels")
-        self.image_size = as_size(image_size, "image_size")
-        self.pool_size = None if pool_size is None else as_size(pool_size, "pool_size")
+        check_int(in_channels, "in_channels")
+        self.image_size = check_size(image_size, "image_size")
+        self.pool_size = None if pool_size is None else check_size(pool_size, "pool_size")
         channels = as_ints(channels, "channels")
-        self.feature_dim = check_positive_int(hidden, "hidden")
+        self.feature_dim = check_int(hidden, "hidden")
         h, w = self.pool_size or self.image_size
         layers = []
         cin = in_channels
@@ -134,9 +129,9 @@ class BoxHead(nn.Module):
         init_center: Optional[Sequence] = None,
     ):
         super().__init__()
-        check_positive_int(in_features, "in_features")
-        self.image_size = as_size(image_size, "image_size")
-        self.num_boxes = check_positive_int(num_boxes, "num_boxes")
+        check_int(in_features, "in_features")
+        self.image_size = check_size(image_size, "image_size")
+        self.num_boxes = check_int(num_boxes, "num_boxes")
         self.min_scale, self.max_scale = float(min_scale), float(max_scale)
         if not 0 < self.min_scale < self.max_scale:
             raise ValueError(
@@ -226,7 +221,7 @@ class AffineHead(nn.Module):
 
     def __init__(self, in_features: int = 32):
         super().__init__()
-        check_positive_int(in_features, "in_features")
+        check_int(in_features, "in_features")
         self.linear = nn.Linear(in_features, 6)
         with torch.no_grad():
             self.linear.weight.zero_()

@@ -8,9 +8,10 @@ import torch
 from torch import Tensor, nn
 
 from stn import ops
+from stn.ops._checks import Fill, Size2, check_int
 
 from .backbones import DigitNet
-from .common import Fill, Size2, as_floats, check_positive_int, float32
+from .common import as_floats, float32
 from .glimpse_model import GlimpseModel
 from .localization import BoxHead
 
@@ -93,7 +94,7 @@ class MultiGlimpseModel(GlimpseModel):
         super().__init__(
             localizer, glimpse_size, padding_mode, fill, in_channels, num_classes, image_size, mean, std
         )
-        self.num_glimpses = check_positive_int(num_glimpses, "num_glimpses")
+        self.num_glimpses = check_int(num_glimpses, "num_glimpses")
         scales = as_floats(retina_scales, "retina_scales")
         if not scales or scales[0] != 1 or any(s <= 0 for s in scales) or len(set(scales)) != len(scales):
             raise ValueError(

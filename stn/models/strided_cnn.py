@@ -7,8 +7,10 @@ from typing import Callable, Dict, Optional, Sequence
 
 from torch import Tensor, nn
 
+from stn.ops._checks import Size2, check_int
+
 from .backbones import DigitNet
-from .common import ImageModel, Size2, check_positive_int, check_scale, low_res_view
+from .common import ImageModel, check_scale, low_res_view
 
 __all__ = ["StridedCNN"]
 
@@ -49,8 +51,8 @@ class StridedCNN(ImageModel):
     ) -> None:
         super().__init__(in_channels, num_classes, image_size, mean, std)
         self.view_scale = check_scale(view_scale, "view_scale")
-        self.stem_stride = check_positive_int(stem_stride, "stem_stride")
-        check_positive_int(stem_channels, "stem_channels")
+        self.stem_stride = check_int(stem_stride, "stem_stride")
+        check_int(stem_channels, "stem_channels")
         kernel, pad = (3, 1) if stem_stride == 1 else (stem_stride, 0)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, stem_channels, kernel, stride=stem_stride, padding=pad, bias=False),

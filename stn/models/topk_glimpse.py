@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stn import ops
+from stn.ops._checks import Fill, Size2, check_int, check_size
 
 from .backbones import DigitNet
-from .common import Fill, Size2, as_ints, as_size, check_positive_int, check_scale, float32, low_res_view
+from .common import as_ints, check_scale, float32, low_res_view
 from .glimpse_model import GlimpseModel
 
 __all__ = ["ScoreMap", "TopKGlimpseModel"]
@@ -61,8 +62,8 @@ class ScoreMap(nn.Module):
         channels: Sequence[int] = (8, 16),
     ) -> None:
         super().__init__()
-        check_positive_int(in_channels, "in_channels")
-        self.image_size = as_size(image_size, "image_size")
+        check_int(in_channels, "in_channels")
+        self.image_size = check_size(image_size, "image_size")
         self.view_scale = check_scale(view_scale, "view_scale")
         channels = as_ints(channels, "channels")
         view = [max(1, round(s * self.view_scale)) for s in self.image_size]
@@ -154,7 +155,7 @@ class TopKGlimpseModel(GlimpseModel):
             mean,
             std,
         )
-        self.num_glimpses = check_positive_int(num_glimpses, "num_glimpses")
+        self.num_glimpses = check_int(num_glimpses, "num_glimpses")
         if (
             isinstance(nms_window, bool)
             or not isinstance(nms_window, int)

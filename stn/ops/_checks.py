@@ -1,14 +1,25 @@
-"""Input validation shared by the ops: one place for the error messages users see."""
+"""Shared types and input checks of stn: one place for the error messages users see.
+
+The ops, the models and the data all parse sizes, fills and padding modes here (like kornia's
+``core/check.py`` or torchvision's ``ops/_utils.py``), so that one argument gets one message and
+one meaning everywhere.
+"""
 
 from __future__ import annotations
 
+import numbers
 import operator
-from typing import Optional, Sequence, Tuple, Union
+from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 Size2 = Union[int, Sequence[int]]
+
+
+class SizeError(TypeError, ValueError):
+    """A size that is not an int or a pair of ints: a TypeError for the ops' callers and a
+    ValueError for a config value (numpy's ``AxisError`` is a ValueError and an IndexError alike)."""
 
 
 def check_images(images: Tensor, name: str = "images") -> None:
@@ -39,7 +50,7 @@ def check_size(size: Size2, name: str = "size") -> Tuple[int, int]:
         else:
             h = w = _as_int(size)
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an int or a pair (h, w) of ints, got {size!r}") from None
+        raise SizeError(f"{name} must be an int or a pair (h, w) of ints, got {size!r}") from None
     if h <= 0 or w <= 0:
         raise ValueError(f"{name} must be positive, got {(h, w)}")
     return h, w
@@ -122,3 +133,108 @@ def flatten_boxes(
     raise ValueError(
         f"{name} must be (B, 4), (B, K, 4) or (N, 4) with indices, got shape {tuple(boxes.shape)}"
     )
+
+
+#: ``grid_sample``'s padding modes, which every glimpse op and model accepts.
+PADDING_MODES = ("zeros", "border", "reflection")
+
+Fill = Union[float, Sequence[float], Tensor]
+
+
+def check_int(value, name: str, low: int = 1, why: str = "") -> int:
+    """An int (not a bool) of at least ``low``; ValueError naming ``name`` otherwise (``why`` says
+    where the bound comes from)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name}={value} must be >= {low}{why}")
+    return int(value)
+
+
+def check_padding_mode(padding_mode: str) -> str:
+    """Require one of :data:`PADDING_MODES`."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    return str(padding_mode)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_fill(fill: Fill, channels: int) -> Fill:
+    """A fill value outside the image: a number, a sequence of 1 or C numbers, or a tensor of 1 or
+    C values, returned as a float, a tuple of floats or the tensor. Booleans are refused.
+
+    Raises TypeError for another type, ValueError for a wrong number of values.
+    """
+    if isinstance(fill, Tensor):
+        if fill.numel() not in (1, channels):
+            raise ValueError(
+                f"fill must be 1 value or one value per channel ({channels} channels), "
+                f"got a tensor of shape {tuple(fill.shape)}"
+            )
+        if fill.dtype == torch.bool:
+            raise TypeError(
+                "fill must be a number, a sequence of numbers or a tensor of numbers, got a bool tensor"
+            )
+        return fill
+    if _is_number(fill):
+        return float(fill)
+    if isinstance(fill, (str, bytes)) or not isinstance(fill, (Sequence, Iterable)):
+        raise TypeError(
+            f"fill must be a number, a sequence of numbers or a tensor, got {type(fill).__name__}"
+        )
+    values = list(fill)
+    if not all(_is_number(v) for v in values):
+        raise TypeError(f"fill must be a number, a sequence of numbers or a tensor, got {fill!r}")
+    if len(values) not in (1, channels):
+        raise ValueError(
+            f"fill must be a number or one value per channel ({channels}), got {len(values)} values "
+            f"{fill!r} (a sequence of {channels} numbers)"
+        )
+    return tuple(float(v) for v in values)
+
+
+def fill_values(fill: Fill, like: Tensor, padding_mode: str) -> Optional[Tensor]:
+    """``fill`` (see :func:`check_fill`) as a (C,) tensor of ``like``'s dtype and device, C the
+    channels of ``like`` (B, C, H, W); None when it is a constant zero (then nothing needs adding).
+
+    A tensor ``fill`` may require grad: the fill then receives gradients. A non-zero fill with a
+    ``padding_mode`` other than ``"zeros"`` is a ValueError (fill is the value outside the image).
+    """
+    channels = like.shape[1]
+    fill = check_fill(fill, channels)
+    if isinstance(fill, Tensor):
+        if not fill.is_floating_point():
+            fill = fill.to(like.dtype)
+        zero = not fill.requires_grad and fill.device.type == "cpu" and not bool(fill.any())
+        values = fill.to(dtype=like.dtype, device=like.device).reshape(-1).expand(channels)
+    else:
+        seq = (fill,) if isinstance(fill, float) else fill
+        zero = not any(seq)
+        values = torch.tensor(seq, dtype=like.dtype, device=like.device).expand(channels)
+    if zero:
+        return None
+    if padding_mode != "zeros":
+        raise ValueError(
+            f"fill is only used with padding_mode='zeros', got padding_mode={padding_mode!r} "
+            f"(fill={fill!r} is the value outside the image)"
+        )
+    return values
+
+
+def index_layers(idx: Tensor, batch: int) -> Tensor:
+    """For each entry of ``idx`` (N,) (image indices in ``[0, batch)``), how many earlier entries
+    name the same image: its layer when several boxes or thetas fall on one image.
+
+    Example:
+        >>> index_layers(torch.tensor([1, 0, 1, 1]), 2)
+        tensor([0, 0, 1, 2])
+    """
+    n = idx.shape[0]
+    sorted_idx, perm = torch.sort(idx, stable=True)
+    counts = torch.bincount(idx, minlength=batch)
+    starts = counts.cumsum(0) - counts
+    rank = torch.arange(n, device=idx.device) - starts[sorted_idx]
+    return torch.empty_like(idx).scatter(0, perm, rank)

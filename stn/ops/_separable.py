@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-PADDING_MODES = ("zeros", "border", "reflection")
+from ._checks import PADDING_MODES
 
 # Column pass: gathered taps while T * _DENSE_RATIO < W, else a bmm with the dense Wx. Measured on
 # CPU: the bmm costs ~W multiply-adds per output, the taps ~T memory-bound passes (forward and

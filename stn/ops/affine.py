@@ -14,21 +14,26 @@ predict a box plus a small warp of the glimpse.
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import Size2, check_box_tensor, check_images, check_indices, check_size
+from ._checks import (
+    Fill,
+    Size2,
+    check_box_tensor,
+    check_images,
+    check_indices,
+    check_padding_mode,
+    check_size,
+    fill_values,
+    index_layers,
+)
 from .boxes import boxes_to_theta
-from .paste import _layers
 
 __all__ = ["affine_glimpse", "affine_grid", "box_affine_theta", "box_rotation_theta"]
-
-Fill = Union[float, Sequence[float], Tensor]
-
-_PADDING_MODES = ("zeros", "border", "reflection")
 
 # indices layout: stack grids per image (no images[indices] copy) while
 # B * (most thetas on one image) * h * w <= _STACK_RATIO * N * H * W; else gather. Tests flip it.
@@ -54,59 +59,6 @@ def _check_same_device(images: Tensor, other: Tensor, name: str) -> None:
         raise ValueError(
             f"{name} is on {other.device} but images are on {images.device}; move them to one device"
         )
-
-
-def _check_padding_mode(padding_mode: str) -> None:
-    if padding_mode not in _PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
-
-
-def _fill_tensor(fill: Fill, images: Tensor, padding_mode: str) -> Optional[Tensor]:
-    """``fill`` as a (1, C, 1, 1) tensor like ``images``, or None when it is a plain zero.
-
-    A number or a sequence of C numbers (or of one number) is accepted, or a tensor with 1 or C
-    elements (which may require grad: the fill value then receives gradients).
-    """
-    channels = images.shape[1]
-    if isinstance(fill, Tensor):
-        if not fill.is_floating_point():
-            fill = fill.to(images.dtype)
-        if fill.numel() not in (1, channels):
-            raise ValueError(
-                f"fill must have 1 value or one value per channel ({channels} channels), "
-                f"got a tensor of shape {tuple(fill.shape)}"
-            )
-        _check_same_device(images, fill, "fill")
-        values = fill.to(images.dtype).reshape(1, -1, 1, 1)
-        # A constant all-zero tensor is plain zero (as in glimpse); anything else is applied as is.
-        zero = not fill.requires_grad and fill.device.type == "cpu" and not bool(fill.any())
-    elif isinstance(fill, numbers.Real) and not isinstance(fill, bool):
-        values, zero = float(fill), float(fill) == 0.0
-    elif isinstance(fill, Sequence) and not isinstance(fill, str):
-        if len(fill) not in (1, channels) or not all(
-            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in fill
-        ):
-            raise ValueError(
-                f"fill must be a number or a sequence of {channels} numbers (one per channel), got {fill!r}"
-            )
-        zero = all(float(v) == 0.0 for v in fill)
-        values = torch.tensor([float(v) for v in fill], dtype=images.dtype, device=images.device).reshape(
-            1, -1, 1, 1
-        )
-    else:
-        raise TypeError(
-            f"fill must be a number, a sequence of numbers or a tensor, got {type(fill).__name__}"
-        )
-    if zero:
-        return None
-    if padding_mode != "zeros":
-        raise ValueError(
-            f"fill is only used with padding_mode='zeros' (it is the value outside the image); "
-            f"got fill={fill!r} with padding_mode={padding_mode!r}"
-        )
-    if not isinstance(values, Tensor):
-        values = torch.full((1, 1, 1, 1), values, dtype=images.dtype, device=images.device)
-    return values
 
 
 def _flatten_theta(
@@ -198,7 +150,7 @@ def sample_grids(
     make_grid: Callable[[Tensor, Tuple[int, int]], Tensor],
     size: Tuple[int, int],
     padding_mode: str,
-    fill_values: Optional[Tensor],
+    fill: Optional[Tensor],
 ) -> Tensor:
     """``grid_sample`` of the grids ``make_grid(params)`` in the three glimpse layouts.
 
@@ -209,7 +161,7 @@ def sample_grids(
         idx: (N,) long image of each glimpse, or None for the first two layouts.
         make_grid: (M, P...) parameters and ``size`` -> (M, h, w, 2) normalized ``grid_sample`` grid.
         size: ``(h, w)``.
-        padding_mode: as in ``grid_sample``; fill_values: (1, C, 1, 1) or (C,) tensor added as
+        padding_mode: as in ``grid_sample``; fill: (1, C, 1, 1) or (C,) tensor added as
             ``fill * (1 - coverage)`` (zeros mode), or None.
 
     Returns:
@@ -221,10 +173,10 @@ def sample_grids(
     batch, channels, height, width = images.shape
     h, w = size
     slots = None
-    if idx is not None and idx.numel() and not torch.jit.is_tracing() and not _compiling():
+    if idx is not None and idx.numel() and not torch.jit.is_tracing() and not is_compiling():
         most = int(torch.bincount(idx, minlength=batch).max())
         if batch * most * h * w <= _STACK_RATIO * idx.numel() * height * width:
-            slots = _layers(idx, batch)  # rank of each glimpse among those of its image
+            slots = index_layers(idx, batch)  # rank of each glimpse among those of its image
             stacked = params.new_zeros(batch, most, *params.shape[1:])
             params = stacked.index_put((idx, slots), params)
             lead = (batch, most)
@@ -237,9 +189,9 @@ def sample_grids(
         grid = make_grid(params, size)
         src = images if idx is None else images.index_select(0, idx)
     out = F.grid_sample(src, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
-    if fill_values is not None:
+    if fill is not None:
         coverage = _coverage_1d(grid[..., 0], width) * _coverage_1d(grid[..., 1], height)
-        out = out + fill_values.reshape(1, -1, 1, 1) * (1 - coverage.unsqueeze(1))
+        out = out + fill.reshape(1, -1, 1, 1) * (1 - coverage.unsqueeze(1))
     if slots is not None:
         return out.reshape(batch, channels, lead[1], h, w)[idx, :, slots]
     if len(lead) == 2:
@@ -247,7 +199,7 @@ def sample_grids(
     return out
 
 
-def _compiling() -> bool:
+def is_compiling() -> bool:
     """True inside ``torch.compile`` (dynamo) tracing."""
     return torch.compiler.is_compiling()
 
@@ -311,15 +263,15 @@ def affine_glimpse(
     check_images(images)
     h, w = check_size(size)
     _check_theta(theta)
-    _check_padding_mode(padding_mode)
+    check_padding_mode(padding_mode)
     _check_same_device(images, theta, "theta")
     batch, channels, height, width = images.shape
     if height == 0 or width == 0:
         raise ValueError(f"images must have non-empty spatial dimensions, got shape {tuple(images.shape)}")
     theta, idx, lead = _flatten_theta(images, theta, indices)
-    fill_values = _fill_tensor(fill, images, padding_mode)
+    fill = fill_values(fill, images, padding_mode)
     theta, finite = isolate_non_finite(theta.to(images.dtype), 2)
-    out = sample_grids(images, theta, idx, lead, affine_grid, (h, w), padding_mode, fill_values)
+    out = sample_grids(images, theta, idx, lead, affine_grid, (h, w), padding_mode, fill)
     return nan_where_not(finite, out)
 
 
@@ -333,7 +285,7 @@ def isolate_non_finite(params: Tensor, item_dims: int) -> Tuple[Tensor, Optional
     :func:`nan_where_not` then sets to NaN.
     """
     finite = torch.isfinite(params).flatten(-item_dims).all(-1)
-    if params.device.type == "cpu" and not (torch.jit.is_tracing() or _compiling()) and bool(finite.all()):
+    if params.device.type == "cpu" and not (torch.jit.is_tracing() or is_compiling()) and bool(finite.all()):
         return params, None
     zero = torch.zeros((), dtype=params.dtype, device=params.device)
     return torch.where(finite.reshape(*finite.shape, *(1,) * item_dims), params, zero), finite

@@ -11,58 +11,20 @@ into one taller grid so that no image is copied. Anti-aliased ones are separable
 from __future__ import annotations
 
 import functools
-import numbers
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from ._checks import Size2, check_images, check_size, flatten_boxes
-from ._separable import PADDING_MODES, axis_taps, sample_taps
-from .affine import _compiling, isolate_non_finite, nan_where_not, sample_grids
+from ._checks import Fill, Size2, check_images, check_padding_mode, check_size, fill_values, flatten_boxes
+from ._separable import axis_taps, sample_taps
+from .affine import is_compiling, isolate_non_finite, nan_where_not, sample_grids
 
 __all__ = ["glimpse"]
-
-Fill = Union[float, Sequence[float], Tensor]
 
 # Forced implementation (tests): "auto" (see _engine), "taps" (the separable engine for plain
 # bilinear too) or "traced" (what tracing and export take).
 _ENGINE = "auto"
-
-
-def _fill_values(fill: Fill, channels: int, like: Tensor, padding_mode: str) -> Optional[Tensor]:
-    """(C,) fill tensor, or None when it is all zeros (then nothing needs adding)."""
-    if isinstance(fill, Tensor):
-        if fill.dim() > 1 or (fill.dim() == 1 and fill.numel() not in (1, channels)):
-            raise ValueError(
-                f"fill must be a number or one value per channel ({channels}), got a tensor of shape "
-                f"{tuple(fill.shape)}"
-            )
-        if not fill.is_floating_point():
-            fill = fill.to(like.dtype)
-        constant_zero = not fill.requires_grad and fill.device.type == "cpu" and not bool(fill.any())
-        values = fill.to(dtype=like.dtype, device=like.device).reshape(-1).expand(channels)
-    elif isinstance(fill, numbers.Real):
-        constant_zero = fill == 0
-        values = torch.full((channels,), float(fill), dtype=like.dtype, device=like.device)
-    else:
-        try:
-            seq = [float(v) for v in fill]  # type: ignore[union-attr]
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"fill must be a number, a sequence of numbers or a tensor, got {type(fill).__name__}"
-            ) from None
-        if len(seq) not in (1, channels):
-            raise ValueError(
-                f"fill must be a number or one value per channel ({channels}), got {len(seq)} values"
-            )
-        constant_zero = not any(seq)
-        values = torch.tensor(seq, dtype=like.dtype, device=like.device).expand(channels)
-    if constant_zero:
-        return None
-    if padding_mode != "zeros":
-        raise ValueError(f"fill is only used with padding_mode='zeros', got padding_mode={padding_mode!r}")
-    return values
 
 
 def glimpse(
@@ -164,15 +126,14 @@ def glimpse(
     """
     check_images(images)
     h, w = check_size(size)
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    check_padding_mode(padding_mode)
     batch, channels, height, width = images.shape
     if height == 0 or width == 0:
         raise ValueError(f"images must have at least one pixel, got shape {tuple(images.shape)}")
     flat, idx, lead = flatten_boxes(images, boxes, indices)
     if flat.device != images.device:
         raise ValueError(f"boxes must be on the device of images ({images.device}), got {flat.device}")
-    fill_values = _fill_values(fill, channels, images, padding_mode)
+    fill = fill_values(fill, images, padding_mode)
     # Sample positions and weights in at least float32: half precision cannot even tell 200.1 from
     # 200.2. The weights are cast to the images' dtype for the sampling itself.
     flat = flat.to(torch.promote_types(images.dtype, torch.float32))
@@ -180,8 +141,8 @@ def glimpse(
     if n == 0:
         # Empty result that is still part of the graph, so that backward() gives zero gradients.
         link = images.reshape(-1)[:0].sum() + flat.reshape(-1)[:0].sum()
-        if fill_values is not None:
-            link = link + fill_values[:0].sum()
+        if fill is not None:
+            link = link + fill[:0].sum()
         return (images.new_zeros(*lead, channels, h, w) + link.to(images.dtype)).reshape(
             *lead, channels, h, w
         )
@@ -192,7 +153,7 @@ def glimpse(
         # grid_sample needs the grid in the images' dtype: sample half precision in float32.
         src, pos = images.to(flat.dtype), flat if indices is not None else flat.reshape(*lead, 4)
         make_grid = functools.partial(_box_grid, image_size=(height, width))
-        fill_src = None if fill_values is None else fill_values.to(src.dtype)
+        fill_src = None if fill is None else fill.to(src.dtype)
         out = sample_grids(
             src, pos, idx if indices is not None else None, lead, make_grid, (h, w), padding_mode, fill_src
         )
@@ -210,10 +171,10 @@ def glimpse(
         out = torch.einsum("nih,nchw,njw->ncij", wy, images.index_select(0, idx), wx)
     else:
         out = sample_taps(images, idx, ty, tx)
-    if fill_values is not None:
+    if fill is not None:
         # Outside taps carry weight 0 above; they should carry `fill`: add fill * (their weight).
         inside = ty.weight.sum(-1)[:, :, None] * tx.weight.sum(-1)[:, None, :]  # (N, h, w)
-        out = out + (fill_values[:, None, None] * (1 - inside)[:, None]).to(out.dtype)
+        out = out + (fill[:, None, None] * (1 - inside)[:, None]).to(out.dtype)
     return nan_where_not(finite, out).reshape(*lead, channels, h, w)
 
 
@@ -223,7 +184,7 @@ def _engine(images: Tensor, antialias: bool) -> str:
     (anti-aliasing with dense weight matrices: plain ops for tracing, ONNX export and
     ``torch.compile``, which cannot follow the engine's custom autograd and data-dependent sizes).
     """
-    if _ENGINE == "traced" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or _compiling():
+    if _ENGINE == "traced" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or is_compiling():
         return "dense" if antialias else "grid"
     if antialias or _ENGINE == "taps":
         return "taps"

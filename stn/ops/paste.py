@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._checks import check_images, flatten_boxes
+from ._checks import check_images, flatten_boxes, index_layers
 from ._separable import separable_sample
 
 __all__ = ["paste"]
@@ -100,16 +100,6 @@ def _blend(base: Tensor, patches: Tensor, boxes: Tensor) -> Tensor:
         nan = torch.full((), float("nan"), dtype=out.dtype, device=out.device)
         out = torch.where(finite[:, None, None, None], out, nan)
     return out
-
-
-def _layers(idx: Tensor, batch: int) -> Tensor:
-    """For each entry of ``idx``, how many earlier entries name the same image (its paste layer)."""
-    n = idx.shape[0]
-    sorted_idx, perm = torch.sort(idx, stable=True)
-    counts = torch.bincount(idx, minlength=batch)
-    starts = counts.cumsum(0) - counts
-    rank = torch.arange(n, device=idx.device) - starts[sorted_idx]
-    return torch.empty_like(idx).scatter(0, perm, rank)
 
 
 def paste(images: Tensor, patches: Tensor, boxes: Tensor, *, indices: Optional[Tensor] = None) -> Tensor:
@@ -209,7 +199,7 @@ def paste(images: Tensor, patches: Tensor, boxes: Tensor, *, indices: Optional[T
 
     if flat.shape[0] == 0:
         return images.clone()
-    layer_of = _layers(idx, batch)
+    layer_of = index_layers(idx, batch)
     n_layers = int(layer_of.max()) + 1
     out = images
     for layer in range(n_layers):

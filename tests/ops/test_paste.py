@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from stn.ops import boxes_to_theta, glimpse
 from stn.ops.affine import affine_glimpse, box_rotation_theta
-from stn.ops.paste import _layers, paste
+from stn.ops.paste import paste
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -223,12 +223,6 @@ def test_later_patches_over_earlier_ones():
     assert out[0, 0, 3, 3] == 2 and out[1, 0, 3, 3] == 2  # image 0: 1 then 2; image 1: 1 then 2
     out = paste(images, patches.flip(0), boxes[[0, 1, 1, 0]], indices=torch.tensor([0, 1, 0, 1]))
     assert out[0, 0, 3, 3] == 1 and out[1, 0, 3, 3] == 1
-
-
-def test_layers_rank_by_order_of_appearance():
-    idx = torch.tensor([3, 0, 3, 1, 0, 3, 2])
-    assert _layers(idx, 4).tolist() == [0, 0, 1, 0, 1, 2, 0]
-    assert _layers(torch.zeros(0, dtype=torch.long), 2).tolist() == []
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from stn.ops._checks import check_int
+
 from ..base import TensorDataModule, TensorSplit, check_statistics
 from ..loaders import Batch, derive_seed, to_float
 from ..mnist import load_mnist
@@ -146,14 +148,6 @@ class SyntheticMNISTDataModule(TensorDataModule):
         return to_float(batch, generator)
 
 
-def _check_int(name: str, value, low: int, what: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name}={value} must be >= {low}{what}")
-    return value
-
-
 class TranslatedMNISTDataModule(SyntheticMNISTDataModule):
     """Translated MNIST (Mnih et al. 2014): the 28x28 digit at a random place on a black canvas.
 
@@ -165,7 +159,7 @@ class TranslatedMNISTDataModule(SyntheticMNISTDataModule):
 
     def __init__(self, data_dir: str, *, canvas_size: int = 60, **kwargs) -> None:
         super().__init__(data_dir, **kwargs)
-        self.canvas_size = _check_int("canvas_size", canvas_size, DIGIT_SIZE, " (the 28x28 digit must fit)")
+        self.canvas_size = check_int(canvas_size, "canvas_size", DIGIT_SIZE, " (the 28x28 digit must fit)")
 
     def compose(self, digits, generator, sources=None, source_index=None) -> Composition:
         return translate(digits, self.canvas_size, generator)
@@ -185,9 +179,9 @@ class ClutteredMNISTDataModule(SyntheticMNISTDataModule):
         self, data_dir: str, *, canvas_size: int = 60, num_pieces: int = 4, piece_size: int = 8, **kwargs
     ) -> None:
         super().__init__(data_dir, **kwargs)
-        self.canvas_size = _check_int("canvas_size", canvas_size, DIGIT_SIZE, " (the 28x28 digit must fit)")
-        self.num_pieces = _check_int("num_pieces", num_pieces, 0)
-        self.piece_size = _check_int("piece_size", piece_size, 1)
+        self.canvas_size = check_int(canvas_size, "canvas_size", DIGIT_SIZE, " (the 28x28 digit must fit)")
+        self.num_pieces = check_int(num_pieces, "num_pieces", 0)
+        self.piece_size = check_int(piece_size, "piece_size", 1)
         if self.piece_size > DIGIT_SIZE:
             raise ValueError(f"piece_size={piece_size} must be <= 28 (pieces are cut from 28x28 digits)")
 
@@ -226,7 +220,7 @@ class DistortedMNISTDataModule(SyntheticMNISTDataModule):
             raise ValueError(f"distortion must be one of {sorted(DISTORTIONS)}, got {distortion!r}")
         self.distortion = distortion
         size = DISTORTIONS[distortion]["canvas"] if canvas_size is None else canvas_size
-        self.canvas_size = _check_int("canvas_size", size, DIGIT_SIZE, " (the 28x28 digit must fit)")
+        self.canvas_size = check_int(size, "canvas_size", DIGIT_SIZE, " (the 28x28 digit must fit)")
         if max_angle is not None and not 0 <= max_angle <= 180:
             raise ValueError(f"max_angle must be in [0, 180] degrees, got {max_angle}")
         if scale_range is not None:
