@@ -5,7 +5,7 @@ are PyTorch's ``grid_sample`` of a grid built from the boxes directly (an axis-a
 is separable: two vectors broadcast, no ``affine_grid``), with the K boxes of an image stacked
 into one taller grid so that no image is copied. Anti-aliased ones are separable
 (``out = Wy @ image @ Wx^T`` with sparse triangle-filter matrices built from the boxes, see
-:mod:`stn.ops._separable`); while tracing, exporting or compiling, with dense matrices.
+:mod:`stn.ops._taps`, :mod:`stn.ops._separable`); while tracing, exporting or compiling, with dense matrices.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from ._checks import Fill, Size2, check_images, check_padding_mode, check_size, fill_values, flatten_boxes
-from ._separable import axis_taps, sample_taps
+from ._separable import sample_taps
+from ._taps import axis_taps
 from .affine import is_compiling, isolate_non_finite, nan_where_not, sample_grids
 
 __all__ = ["glimpse"]

@@ -524,14 +524,14 @@ def test_antialias_box_larger_than_image_equals_padded_image(mode, glimpse_gen):
     """Boxes far larger than the image read its padding analytically, with at most one tap per
     image pixel: the same values and box gradients as the same box on the explicitly padded
     image (which it fits, so there every padding position is an ordinary tap)."""
-    sep = importlib.import_module("stn.ops._separable")
+    taps_module = importlib.import_module("stn.ops._taps")
     images = torch.rand(2, 2, 5, 7, generator=glimpse_gen, dtype=torch.float64)
     boxes = torch.tensor([[-9.33, -6.21, 15.13, 10.77], [20.11, -3.03, -12.37, 9.43]], dtype=torch.float64)
     # the footprints (box +- box / glimpse) fit inside; reflected, copy 5 of the tiles is unflipped
     shift = torch.tensor([7.0, 5.0, 7.0, 5.0], dtype=torch.float64) * (5 if mode == "reflection" else 4)
     padded = _tiled(images, mode, 4)
     b, pb = boxes.clone().requires_grad_(), (boxes + shift).requires_grad_()
-    taps = sep.axis_taps(b[:, 0], b[:, 2], 3, 7, antialias=True, padding_mode=mode)
+    taps = taps_module.axis_taps(b[:, 0], b[:, 2], 3, 7, antialias=True, padding_mode=mode)
     assert taps.index.shape[-1] <= 7  # not the 2 * 24 / 3 = 16 a box of 24 px would need
     out = glimpse(images, b, (2, 3), antialias=True, padding_mode=mode)
     ref = glimpse(padded, pb, (2, 3), antialias=True, padding_mode=mode)
