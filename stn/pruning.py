@@ -15,6 +15,8 @@ from typing import Any, Dict, Optional
 import lightning as L
 import torch
 
+from stn.logs import is_rank_zero
+
 log = logging.getLogger(__name__)
 
 
@@ -33,7 +35,7 @@ class OptunaPruning(L.Callback):
         self._trial: Optional[Any] = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or not trainer.is_global_zero:
+        if stage != "fit" or not is_rank_zero():
             return
         from stn.study import job_trial
 

@@ -18,6 +18,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from stn.ops._checks import check_size
+
 
 class ConfigError(ValueError):
     """A config value or a checkpoint file the run cannot use; the message says which and why."""
@@ -32,10 +34,12 @@ def _is_number(v: Any) -> bool:
 
 
 def _size(v: Any) -> bool:
-    """A positive int or an [H, W] pair of them."""
-    if _is_int(v):
-        return v > 0
-    return isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(s) and s > 0 for s in v)
+    """A positive int or an [H, W] pair of them (the ops' own size check)."""
+    try:
+        check_size(v)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _limit(v: Any) -> bool:

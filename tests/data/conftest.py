@@ -9,6 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from tests.data.synthetic_digits import write_rect_mnist
+
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -30,3 +32,9 @@ def data_config() -> Callable[..., DictConfig]:
         return cfg.data
 
     return make
+
+
+@pytest.fixture(scope="module")
+def rect_mnist(tmp_path_factory) -> Path:
+    """A data dir whose MNIST/raw IDX files hold rectangles of ink (tests/data/synthetic_digits.py)."""
+    return write_rect_mnist(tmp_path_factory.mktemp("rect_mnist"))
