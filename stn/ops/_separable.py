@@ -71,13 +71,14 @@ def _plan(cy: Tensor, cx: Tensor, ty: int, tx: int, per_box: int):
     Off CPU: one chunk with every box and every tap (no host synchronization). On CPU: chunks of
     about ``_CHUNK_ELEMS * threads / per_box`` boxes. With more than two taps (anti-aliasing),
     boxes are sorted by the number of taps they use and each chunk runs only the taps its boxes
-    need: small boxes do not pay for the largest one.
+    need: small boxes do not pay for the largest one (unless all boxes use as many: then the
+    chunks are slices, with no gathering of the boxes' taps and outputs).
     """
     n = cy.shape[0]
     if cy.device.type != "cpu" or not _CPU_CHUNKS:
         return [(slice(0, n), ty, tx)]
     step = max(1, _CHUNK_ELEMS * min(4, torch.get_num_threads()) // max(1, per_box))
-    if ty <= 2 and tx <= 2:
+    if ty <= 2 and tx <= 2 or bool(((cy == cy[0]) & (cx == cx[0])).all()):
         return [(slice(s, min(n, s + step)), ty, tx) for s in range(0, n, step)]
     order = torch.argsort(cy * (tx + 1) + cx, stable=True)
     sorted_y, sorted_x = cy[order].tolist(), cx[order].tolist()
@@ -109,18 +110,22 @@ class _Separable(torch.autograd.Function):
         w_in = table.shape[1]
         m = channels * h
         out = table.new_empty(n, m, w)
-        # The column weights' gradient reads the row pass's result: keep it rather than redo it.
+        # The column weights' gradient reads the row pass's result: keep it rather than redo it;
+        # likewise the dense column matrices (their zeroing cost as much as a product).
         ctx.inters = [] if ctx.needs_input_grad[8] else None
+        ctx.dense = []
         for sel, ty, tx in plan:
             bags, psw = _row_taps(rows, wy, sel, ty)
             inter = F.embedding_bag(bags, table, per_sample_weights=psw, mode="sum").view(-1, m, w_in)
             if ctx.inters is not None:
                 ctx.inters.append(inter)
             kxc, wxc = _take(kx, sel)[:, :tx], _take(wx, sel)[:, :tx]
+            dense = _dense_columns(kxc, wxc, w_in) if tx * _DENSE_RATIO >= w_in else None
+            ctx.dense.append(dense)
             if isinstance(sel, slice):
-                _columns(inter, kxc, wxc, out=out[sel])
+                _columns(inter, kxc, wxc, dense, out=out[sel])
             else:
-                out.index_copy_(0, sel, _columns(inter, kxc, wxc))
+                out.index_copy_(0, sel, _columns(inter, kxc, wxc, dense))
         ctx.save_for_backward(table, rows, wy, dy_pos, dy_scale, kx, wx)
         ctx.plan = plan
         ctx.pos_dtype = None if y_pos is None else y_pos.dtype
@@ -176,7 +181,7 @@ class _Separable(torch.autograd.Function):
                 continue
             # Column pass backward: v = G @ Wx, (nc, m, W)
             if dense or col_grad == "dense":
-                v = torch.bmm(g, _dense_columns(kxc, wxc, w_in))
+                v = torch.bmm(g, ctx.dense[chunk] if dense else _dense_columns(kxc, wxc, w_in))
             else:
                 if vwork is None or vwork.numel() < nc * m * w_in:
                     vwork = g.new_empty(nc * m * w_in)
@@ -201,8 +206,9 @@ class _Separable(torch.autograd.Function):
                 contractions = [(grads[0] * dpsw).sum(-1) for _, dpsw in derivs] if derivs else []
                 gpsw = grads[0] if need_wy else None
             else:
+                # in place: a fresh product of that size cost more in page faults than the product
                 contractions = [
-                    torch.linalg.vecdot(v, F.embedding_bag(bags, table, per_sample_weights=dpsw, mode="sum"))
+                    F.embedding_bag(bags, table, per_sample_weights=dpsw, mode="sum").mul_(v).sum(-1)
                     for _, dpsw in derivs
                 ]
                 r = v.shape[0]
@@ -251,14 +257,17 @@ def _put(dst: Tensor, sel, val: Tensor, rest=()) -> None:
         dst[(sel, *rest)] = val
 
 
-def _columns(rows: Tensor, kx: Tensor, wx: Tensor, out: Optional[Tensor] = None) -> Tensor:
-    """Column pass (n, m, w): out[n, m, j] = sum_t wx[n, t, j] rows[n, m, kx[n, t, j]]."""
+def _columns(
+    rows: Tensor, kx: Tensor, wx: Tensor, dense: Optional[Tensor], out: Optional[Tensor] = None
+) -> Tensor:
+    """Column pass (n, m, w): out[n, m, j] = sum_t wx[n, t, j] rows[n, m, kx[n, t, j]]; by a
+    product with ``dense`` (:func:`_dense_columns` of the taps) when given."""
     n, m, w_in = rows.shape
     t, w = kx.shape[1], kx.shape[2]
     if out is None:
         out = rows.new_empty(n, m, w)
-    if t * _DENSE_RATIO >= w_in:
-        return torch.bmm(rows, _dense_columns(kx, wx, w_in).transpose(1, 2), out=out)
+    if dense is not None:
+        return torch.bmm(rows, dense.transpose(1, 2), out=out)
     torch.gather(rows, 2, kx[:, None, 0].expand(n, m, w), out=out).mul_(wx[:, None, 0])
     for i in range(1, t):
         out.addcmul_(rows.gather(2, kx[:, None, i].expand(n, m, w)), wx[:, None, i])

@@ -150,10 +150,11 @@ def glimpse(
 
     flat, finite = isolate_non_finite(flat, 1)
     engine = _engine(images, antialias)
-    if engine == "grid":
+    if engine in ("grid", "traced"):
         # grid_sample needs the grid in the images' dtype: sample half precision in float32.
         src, pos = images.to(flat.dtype), flat if indices is not None else flat.reshape(*lead, 4)
-        make_grid = functools.partial(_box_grid, image_size=(height, width))
+        box_grid = _BoxGrid.apply if engine == "grid" else _box_grid  # traced: plain ops
+        make_grid = functools.partial(box_grid, image_size=(height, width))
         fill_src = None if fill is None else fill.to(src.dtype)
         out = sample_grids(
             src, pos, idx if indices is not None else None, lead, make_grid, (h, w), padding_mode, fill_src
@@ -181,35 +182,82 @@ def glimpse(
 
 def _engine(images: Tensor, antialias: bool) -> str:
     """Which implementation samples: "grid" (``grid_sample`` of an analytic grid: plain bilinear),
-    "taps" (the separable engine: anti-aliasing, and deterministic CUDA backward) or "dense"
-    (anti-aliasing with dense weight matrices: plain ops for tracing, ONNX export and
-    ``torch.compile``, which cannot follow the engine's custom autograd and data-dependent sizes).
+    "taps" (the separable engine: anti-aliasing, and deterministic CUDA backward), or, for
+    tracing, ONNX export and ``torch.compile`` (which cannot follow custom autograd and
+    data-dependent sizes), plain ops: "traced" (the same grid) and "dense" (anti-aliasing with
+    dense weight matrices).
     """
     if _ENGINE == "traced" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or is_compiling():
-        return "dense" if antialias else "grid"
+        return "dense" if antialias else "traced"
     if antialias or _ENGINE == "taps":
         return "taps"
     # grid_sample's CUDA backward accumulates with atomics: nondeterministic.
     return "taps" if images.device.type != "cpu" and torch.are_deterministic_algorithms_enabled() else "grid"
 
 
-def _box_grid(boxes: Tensor, size: Tuple[int, int], image_size: Tuple[int, int]) -> Tensor:
+def _box_grid(boxes: Tensor, size: Tuple[int, int], image_size: Tuple[int, int], consts=None) -> Tensor:
     """(M, h, w, 2) ``grid_sample`` grid (``align_corners=False``) of (M, 4) pixel boxes.
 
     Separable: x depends on the column only and y on the row only, so it is two (M, w) and
-    (M, h) vectors broadcast, not ``affine_grid``'s matrix product per point.
+    (M, h) vectors broadcast, not ``affine_grid``'s matrix product per point; both axes are
+    computed at once, as (M, 2, max(h, w)). ``consts``: :func:`_grid_constants` (cached in eager).
     """
-    (h, w), (height, width) = size, image_size
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    cx = torch.arange(w, dtype=boxes.dtype, device=boxes.device) + 0.5
-    cy = torch.arange(h, dtype=boxes.dtype, device=boxes.device) + 0.5
+    h, w = size
+    centres, counts, scales, _ = consts or _grid_constants.__wrapped__(
+        size, image_size, boxes.dtype, boxes.device
+    )
+    lo, hi = boxes[:, :2, None], boxes[:, 2:, None]  # (M, 2, 1): x then y
     # A sample meant to sit exactly on a pixel centre (every one of an integer box at the image's
     # own size: the usual initial box) is a kink; grid_sample's rounding would put it a hair to
     # either side, so that the gradient depended on the kernel (eager, compiled, CUDA). Moving
     # every sample 2 eps right/down in the normalized grid (above that rounding; values change by
     # eps * size times a pixel step) gives the derivative from the right, as the tap engine does.
     nudge = 1 - 2 * torch.finfo(boxes.dtype).eps  # g = 2 x / W - 1 + 2 eps
-    gx = (x1[:, None] + cx * ((x2 - x1) / w)[:, None]) * (2 / width) - nudge  # (M, w)
-    gy = (y1[:, None] + cy * ((y2 - y1) / h)[:, None]) * (2 / height) - nudge  # (M, h)
+    g = (lo + centres * ((hi - lo) / counts)) * scales - nudge  # (M, 2, L)
     m = boxes.shape[0]
-    return torch.stack([gx[:, None, :].expand(m, h, w), gy[:, :, None].expand(m, h, w)], dim=-1)
+    gx, gy = g[:, 0, None, :w].expand(m, h, w), g[:, 1, :h, None].expand(m, h, w)
+    return torch.stack([gx, gy], dim=-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_constants(size: Tuple[int, int], image_size: Tuple[int, int], dtype, device):
+    """Constants of :func:`_box_grid` for ``L = max(h, w)``: pixel centres ``j + 0.5`` (2, L) of
+    the glimpse's columns and rows, their counts (2, 1) and normalizers ``2 / W``, ``2 / H``
+    (2, 1), and the grid's derivative (2 * L, 4) w.r.t. the box (rows past w or h are zero)."""
+    (h, w), (height, width) = size, image_size
+    length = max(h, w)
+    centres = torch.arange(length, dtype=dtype, device=device).expand(2, length) + 0.5
+    counts = torch.tensor([[w], [h]], dtype=dtype, device=device)
+    scales = torch.tensor([[2 / width], [2 / height]], dtype=dtype, device=device)
+    # g = (lo + f * (hi - lo)) * scale - nudge, f = (j + 0.5) / count: dg/dlo = (1 - f) * scale,
+    # dg/dhi = f * scale, for j < count.
+    f = centres / counts
+    used = centres < counts
+    deriv = torch.zeros(2, length, 4, dtype=dtype, device=device)
+    for axis in (0, 1):
+        deriv[axis, :, axis] = torch.where(used[axis], (1 - f[axis]) * scales[axis], 0)
+        deriv[axis, :, axis + 2] = torch.where(used[axis], f[axis] * scales[axis], 0)
+    return centres, counts, scales, deriv.reshape(2 * length, 4)
+
+
+class _BoxGrid(torch.autograd.Function):
+    """:func:`_box_grid` with an analytic backward: the grid's gradient (M, h, w, 2) summed to
+    columns and rows, then one (M, 2L) x (2L, 4) product, instead of autograd through a dozen
+    broadcast ops (their overhead was a good part of the time of a large image's few glimpses).
+    Eager only (the constants are cached)."""
+
+    @staticmethod
+    def forward(ctx, boxes, size, image_size):  # type: ignore[override]
+        ctx.consts = _grid_constants(size, image_size, boxes.dtype, boxes.device)
+        return _box_grid(boxes, size, image_size, ctx.consts)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        m, h, w, _ = grad.shape
+        deriv = ctx.consts[3]
+        length = deriv.shape[0] // 2
+        sums = grad.new_zeros(m, 2, length)
+        sums[:, 0, :w] = grad[..., 0].sum(1)
+        sums[:, 1, :h] = grad[..., 1].sum(2)
+        return sums.view(m, 2 * length) @ deriv.to(grad.dtype), None, None
