@@ -12,6 +12,7 @@ shrink factor, then grid_sample. Prints markdown tables, ready for the README.
     python benchmarks/glimpse_speed.py --threads 1 --repeats 31
     python benchmarks/glimpse_speed.py --device cuda         # CUDA (synchronized timings)
     python benchmarks/glimpse_speed.py --quick               # smoke run
+    python benchmarks/glimpse_speed.py --dry-run             # every cell once, batch 1 (tests)
 
 Boxes: random, side 25% to 100% of the image side, centres uniform over the image (so some boxes
 leave the image), padding zeros; the many-boxes shape crops 16 boxes from each image (the
@@ -106,7 +107,7 @@ def runner(fn, mode, images, boxes, grad):
 def interleaved(runs, device, repeats):
     """Median seconds per name of runs, the calls alternating in rotating order."""
     names = list(runs)
-    for _ in range(3):  # warm-up (allocator, thread pool)
+    for _ in range(3 if repeats > 1 else 0):  # warm-up (allocator, thread pool)
         for name in names:
             runs[name]()
     times = {name: [] for name in names}
@@ -116,9 +117,14 @@ def interleaved(runs, device, repeats):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def speed_cells(device, repeats, quick):
+def batch_size(b, scale):
+    """The batch of a cell: ``b`` divided by ``scale`` (at least 1)."""
+    return max(1, b // scale)
+
+
+def speed_cells(device, repeats, scale):
     for name, b, k, c, hh, ww, h, w in SHAPES:
-        b = max(1, b // 8) if quick else b
+        b = batch_size(b, scale)
         g = torch.Generator().manual_seed(0)
         images = torch.rand(b, c, hh, ww, generator=g).to(device)
         boxes = random_boxes(b * k, hh, ww, g).to(device)
@@ -137,9 +143,9 @@ def speed_cells(device, repeats, quick):
             yield (name, label, mode), interleaved(runs, device, repeats)
 
 
-def antialias_cells(device, repeats, quick):
+def antialias_cells(device, repeats, scale):
     for name, b, c, hh, ww, h, w in AA_SHAPES:
-        b = max(1, b // 8) if quick else b
+        b = batch_size(b, scale)
         g = torch.Generator().manual_seed(0)
         images = torch.rand(b, c, hh, ww, generator=g).to(device)
         corner = torch.rand(b, 2, generator=g) * torch.tensor([ww - 4 * w, hh - 4 * h])
@@ -175,6 +181,9 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--repeats", type=int, default=15, help="timed repeats per cell (default 15)")
     parser.add_argument("--quick", action="store_true", help="3 repeats and 1/8 of the batches: a smoke run")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="every cell once at batch 1: checks that it runs"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -184,7 +193,7 @@ def main(argv=None) -> None:
         threads = [int(t) for t in args.threads.split(",")]
     else:
         threads = [default] if device.type == "cuda" or default == 1 else [default, 1]
-    repeats = 3 if args.quick else args.repeats
+    repeats, scale = (1, 1 << 20) if args.dry_run else (3, 8) if args.quick else (args.repeats, 1)
     start = time.perf_counter()
 
     argv_line = " ".join(argv if argv is not None else sys.argv[1:])
@@ -194,8 +203,10 @@ def main(argv=None) -> None:
         print(f"CUDA device: {torch.cuda.get_device_name(device)}")
     print(f"load average at start (1/5/15 min): {load_average()}")
     print(f"device {device}, float32, median of {repeats} interleaved repeats, wall clock\n")
+    if args.dry_run:
+        print("dry run: every cell once at batch 1; the times below mean nothing\n")
 
-    speed = {t: with_threads(t, speed_cells(device, repeats, args.quick)) for t in threads}
+    speed = {t: with_threads(t, speed_cells(device, repeats, scale)) for t in threads}
     head = "".join(f" | {t} thr: base ms | glimpse ms | ratio" for t in threads)
     print(f"| shape | mode{head} |")
     print("|---|---" + "|---:|---:|---:" * len(threads) + "|")
@@ -207,7 +218,7 @@ def main(argv=None) -> None:
             cells += f" | {base:.2f} | {ours:.2f} | {base / ours:.2f}x"
         print(f"| {name}: {label} | {mode}{cells} |", flush=True)
 
-    aa = {t: with_threads(t, antialias_cells(device, repeats, args.quick)) for t in threads}
+    aa = {t: with_threads(t, antialias_cells(device, repeats, scale)) for t in threads}
     head = "".join(f" | {t} thr: plain / pooled / antialias ms | aa / plain | aa / pooled" for t in threads)
     print(f"\n| 4x shrink | mode{head} |")
     print("|---|---" + "|---:|---:|---:" * len(threads) + "|")

@@ -1,12 +1,16 @@
 """Whole-model effect of stn.ops.glimpse: one training step with it, and with a plain crop instead.
 
-A training step is forward, cross-entropy, backward and an AdamW step (plain PyTorch, batch 128,
-no Lightning), of models built from the project's configs exactly as train.py composes them:
+A training step is forward, cross-entropy, backward and an AdamW step (plain PyTorch, no
+Lightning), of models built from the project's configs exactly as train.py composes them:
 
-- ``model=attention`` on MNIST-size input (1x28x28): localizer -> box -> 28x28 glimpse -> CNN;
-- ``experiment=cluttered_mnist`` (``model=multi_glimpse``, 1x60x60): one box, a two-level retina
-  (the box anti-aliased to 28x28, and twice the box), stacked as channels;
-- any other ``--experiment`` given (e.g. a large-image one), at its data's image size.
+- ``model=attention`` on MNIST-size input (1x28x28), batch 128: localizer -> box -> 28x28 glimpse
+  -> CNN;
+- ``experiment=cluttered_mnist`` (``model=multi_glimpse``, 1x60x60), batch 128: one box, a
+  two-level retina (the box anti-aliased to 28x28, and twice the box), stacked as channels;
+- the large images: ``experiment=cluttered100_mnist`` (the same model on 100x100, batch 128) and
+  ``experiment=megapixel_mnist`` (``model=topk_glimpse``: 10 anti-aliased 32x32 glimpses per
+  image) on 500x500 canvases, batch 16 (a 1500x1500 batch of 128 would be 1.2 GB of input);
+- any other ``--experiment`` given, at the image size and batch given.
 
 The comparison is the same model, same initial weights, with every ``stn.ops.glimpse`` call
 replaced by ``boxes_to_theta`` + ``F.affine_grid`` + ``F.grid_sample`` (the usual spatial
@@ -38,11 +42,17 @@ sys.path.insert(0, str(ROOT))
 import stn.ops  # noqa: E402
 from stn.ops.boxes import boxes_to_theta  # noqa: E402
 
-BATCH = 128
-# (label, hydra overrides, image size (C, H, W))
+# (label, hydra overrides, image size (C, H, W), batch)
 MODELS = [
-    ("model=attention, MNIST 28x28", ["model=attention"], (1, 28, 28)),
-    ("experiment=cluttered_mnist (multi_glimpse), 60x60", ["experiment=cluttered_mnist"], (1, 60, 60)),
+    ("model=attention, MNIST 28x28", ["model=attention"], (1, 28, 28), 128),
+    ("experiment=cluttered_mnist (multi_glimpse), 60x60", ["experiment=cluttered_mnist"], (1, 60, 60), 128),
+    (
+        "experiment=cluttered100_mnist (multi_glimpse), 100x100",
+        ["experiment=cluttered100_mnist"],
+        (1, 100, 100),
+        128,
+    ),
+    ("experiment=megapixel_mnist (topk_glimpse), 500x500", ["experiment=megapixel_mnist"], (1, 500, 500), 16),
 ]
 
 
@@ -83,7 +93,7 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def compare(overrides, shape, device, steps):
+def compare(overrides, shape, batch, device, steps):
     """Median seconds per training step: {"glimpse": t, "plain": t}."""
     torch.manual_seed(0)
     model = build(overrides, shape).to(device).train()
@@ -91,8 +101,8 @@ def compare(overrides, shape, device, steps):
     optims = {k: torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=1e-4) for k, m in models.items()}
     crops = {"glimpse": stn.ops.glimpse, "plain": affine_crop}
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(BATCH, *shape, generator=g).to(device)
-    y = torch.randint(0, 10, (BATCH,), generator=g).to(device)
+    x = torch.rand(batch, *shape, generator=g).to(device)
+    y = torch.randint(0, 10, (batch,), generator=g).to(device)
     times = {k: [] for k in models}
     real = stn.ops.glimpse
     try:
@@ -122,35 +132,34 @@ def main(argv=None) -> None:
         "--experiment",
         action="append",
         default=[],
-        metavar="NAME:C:H:W",
-        help="also an experiment config at that input size, e.g. cluttered_mnist:1:100:100",
+        metavar="NAME:C:H:W:BATCH",
+        help="also an experiment config at that input size and batch, e.g. cluttered_mnist:1:80:80:64",
     )
+    parser.add_argument("--only", default=None, help="only the models whose label contains this text")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    models = list(MODELS)
+    models = [m for m in MODELS if args.only is None or args.only in m[0]]
     for spec in args.experiment:
         name, *size = spec.split(":")
-        models.append(
-            (f"experiment={name}, {size[1]}x{size[2]}", [f"experiment={name}"], tuple(map(int, size)))
-        )
+        if len(size) != 4:
+            parser.error(f"--experiment {spec!r}: expected NAME:C:H:W:BATCH")
+        c, h, w, batch = map(int, size)
+        models.append((f"experiment={name}, {h}x{w}", [f"experiment={name}"], (c, h, w), batch))
     argv_line = " ".join(argv if argv is not None else sys.argv[1:])
     print(f"command: python benchmarks/train_step_speed.py {argv_line}".rstrip())
     print(
         f"CPU: {cpu_model()}; torch {torch.__version__}; threads {torch.get_num_threads()}; device {device}"
     )
     print(f"load average at start (1/5/15 min): {load_average()}")
-    print(
-        f"batch {BATCH}, forward + cross-entropy + backward + AdamW, "
-        f"median of {args.steps} alternating steps\n"
-    )
-    print("| model, input | glimpse step (ms) | affine_grid+grid_sample step (ms) | ratio |")
-    print("|---|---:|---:|---:|")
-    for label, overrides, shape in models:
-        res = compare(overrides, shape, device, args.steps)
+    print(f"forward + cross-entropy + backward + AdamW, median of {args.steps} alternating steps\n")
+    print("| model, input | batch | glimpse step (ms) | affine_grid+grid_sample step (ms) | ratio |")
+    print("|---|---:|---:|---:|---:|")
+    for label, overrides, shape, batch in models:
+        res = compare(overrides, shape, batch, device, args.steps)
         ours, plain = res["glimpse"] * 1e3, res["plain"] * 1e3
-        print(f"| {label} | {ours:.1f} | {plain:.1f} | {plain / ours:.2f}x |", flush=True)
+        print(f"| {label} | {batch} | {ours:.1f} | {plain:.1f} | {plain / ours:.2f}x |", flush=True)
     print(f"\nload average at end (1/5/15 min): {load_average()}")
 
 
