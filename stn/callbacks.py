@@ -34,9 +34,11 @@ class GlimpseImages(L.Callback):
     convention: predicted box and class red, true box and class green, glimpse k in its own
     colour, a red frame for a wrong prediction; a legend strip under each picture):
 
-    - ``<stage>/boxes``: a grid of inputs, upscaled ``scale`` times, with every predicted box (all
-      K of multi-glimpse models) and, for data with true boxes, the true box; each tile titled with
-      the predicted and the true class;
+    - ``<stage>/boxes``: a grid of inputs, upscaled ``scale`` times (at most ``max_side`` pixels a
+      side: large canvases are shrunk to it), with every predicted box (all K of multi-glimpse
+      models) and, for data with true boxes, the true box (``batch["box"]``) or all true boxes
+      (``batch["boxes"]``, those of another class than the label, by ``batch["digit_labels"]``, in
+      pale green); each tile titled with the predicted and the true class;
     - ``<stage>/glimpses``: the matching glimpses, upscaled like the inputs, in rows of ``nrow``
       (one row of K glimpses per input for multi-glimpse models), with the retina's context levels
       beside each glimpse;
@@ -51,18 +53,29 @@ class GlimpseImages(L.Callback):
         every_n_epochs: log at validation epochs divisible by this.
         scale: integer upscaling of the inputs and glimpses, so boxes on 28x28 digits are visible.
         nrow: images per grid row.
+        max_side: the largest side of an input in ``<stage>/boxes``, in pixels (the upscaling is
+            lowered, and larger inputs shrunk anti-aliased, to fit).
     """
 
-    def __init__(self, num_images: int = 16, every_n_epochs: int = 1, scale: int = 4, nrow: int = 8) -> None:
+    def __init__(
+        self,
+        num_images: int = 16,
+        every_n_epochs: int = 1,
+        scale: int = 4,
+        nrow: int = 8,
+        max_side: int = 512,
+    ) -> None:
         for name, value in (
             ("num_images", num_images),
             ("every_n_epochs", every_n_epochs),
             ("scale", scale),
             ("nrow", nrow),
+            ("max_side", max_side),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"GlimpseImages: {name} must be a positive integer, got {value!r}")
         self.num_images, self.every_n_epochs, self.scale, self.nrow = num_images, every_n_epochs, scale, nrow
+        self.max_side = max_side
         self._fixed: Dict[str, Dict[str, Tensor]] = {}
         self._stats: List[Dict[str, Tensor]] = []
 
@@ -79,8 +92,9 @@ class GlimpseImages(L.Callback):
         if isinstance(outputs, dict) and "boxes" in outputs:
             size = batch["image"].shape[-2:]
             stats = box_stats(outputs["boxes"].reshape(-1, 4), size)
-            if "box" in batch:
-                true = box_stats(batch["box"].reshape(-1, 4), size)
+            true = _true_boxes(batch)
+            if true is not None:
+                true = box_stats(true.reshape(-1, 4), size)
                 stats.update({f"{k}_true": true[k] for k in ("box_width", "box_height")})
             self._stats.append({k: v.cpu() for k, v in stats.items()})
 
@@ -99,37 +113,48 @@ class GlimpseImages(L.Callback):
         self._log(trainer, pl_module, "test")
 
     @torch.no_grad()
-    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        stats, self._stats = self._stats, []
-        if not self._active(trainer, stage) or stage not in self._fixed:
-            return
-        writer, step = _tensorboard(trainer), trainer.global_step
-        batch = self._fixed[stage]
+    @torch.no_grad()
+    def draw(
+        self, pl_module: torch.nn.Module, batch: Dict[str, Tensor], classes: Optional[List[str]] = None
+    ) -> Dict[str, Tensor]:
+        """The pictures of one batch, as logged: ``{"boxes": (3, H', W'), "glimpses": (3, H'', W'')}``
+        uint8 (no ``"glimpses"`` for models without them); the model is run in eval mode."""
         was_training = pl_module.training
         pl_module.eval()
         out = pl_module(batch["image"])
         pl_module.train(was_training)
-        classes = getattr(trainer.datamodule, "classes", None) or None
-        grid = pictures.box_grid(
-            batch["image"],
-            out.get("boxes"),
-            batch.get("box"),
-            out["logits"].argmax(-1).cpu(),
-            batch["label"].cpu(),
-            class_names=classes,
-            scale=self.scale,
-            nrow=self.nrow,
-        )
-        writer.add_image(f"{stage}/boxes", grid, step)
+        drawn = {
+            "boxes": pictures.box_grid(
+                batch["image"],
+                out.get("boxes"),
+                _true_boxes(batch),
+                out["logits"].argmax(-1).cpu(),
+                batch["label"].cpu(),
+                class_names=classes,
+                scale=self.scale,
+                nrow=self.nrow,
+                true_box_labels=batch.get("digit_labels") if "boxes" in batch else None,
+                max_side=self.max_side,
+            )
+        }
         if "glimpses" in out:
-            grid = pictures.glimpse_grid(
+            drawn["glimpses"] = pictures.glimpse_grid(
                 out["glimpses"],
                 out.get("retina"),
                 scale=self.scale,
                 nrow=self.nrow,
                 retina_scales=getattr(getattr(pl_module, "model", None), "retina_scales", None),
             )
-            writer.add_image(f"{stage}/glimpses", grid, step)
+        return drawn
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        stats, self._stats = self._stats, []
+        if not self._active(trainer, stage) or stage not in self._fixed:
+            return
+        writer, step = _tensorboard(trainer), trainer.global_step
+        classes = getattr(trainer.datamodule, "classes", None) or None
+        for name, picture in self.draw(pl_module, self._fixed[stage], classes).items():
+            writer.add_image(f"{stage}/{name}", picture, step)
         if stats:
             merged = {k: torch.cat([s[k] for s in stats]) for k in stats[0]}
             bad = int(merged.pop("nonfinite").sum())
@@ -139,6 +164,12 @@ class GlimpseImages(L.Callback):
             for name, values in merged.items():
                 if len(values):
                     writer.add_histogram(f"{stage}/{name}", values, step)
+
+
+def _true_boxes(batch: Dict[str, Tensor]) -> Optional[Tensor]:
+    """The batch's true pixel boxes: (B, T, 4) ``"boxes"`` (several objects per image), else (B, 4)
+    ``"box"``, else None."""
+    return batch.get("boxes", batch.get("box"))
 
 
 def box_stats(boxes: Tensor, size) -> Dict[str, Tensor]:

@@ -6,14 +6,17 @@ text); no Lightning, no TensorBoard, no files.
 
 Colour convention, the same everywhere:
 
-- true box and true class: green (:data:`TRUE_COLOUR`);
+- true box and true class: green (:data:`TRUE_COLOUR`); with several true boxes per image and a
+  class for each (Megapixel MNIST's ``digit_labels``), those of another class than the image's
+  label in pale green (:data:`OTHER_TRUE_COLOUR`);
 - predicted box and predicted class: red (:data:`PRED_COLOUR`); with K glimpses, glimpse k's box
   and the frame of its glimpse tiles in ``GLIMPSE_COLOURS[k]`` (glimpse 1 is red);
 - a red frame around a tile: its prediction is wrong.
 
 Boxes are ``(x1, y1, x2, y2)`` in pixels of the image they refer to (full image ``(0, 0, W, H)``);
 their outline is drawn one pixel outside the box's pixels, so it never covers what the box holds.
-A legend strip under each grid says what the colours mean.
+A legend strip under each grid says what the colours mean. Images larger than ``max_side`` are
+drawn shrunk to it (anti-aliased), their boxes with them.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from torchvision.utils import draw_bounding_boxes, make_grid
 __all__ = [
     "TRUE_COLOUR",
     "PRED_COLOUR",
+    "OTHER_TRUE_COLOUR",
     "GLIMPSE_COLOURS",
     "glimpse_colour",
     "to_rgb",
+    "fit",
     "box_tiles",
     "box_grid",
     "glimpse_grid",
@@ -41,6 +46,8 @@ __all__ = [
 Colour = Tuple[int, int, int]
 TRUE_COLOUR: Colour = (0, 220, 0)
 PRED_COLOUR: Colour = (255, 40, 40)
+# true boxes of objects of another class than the image's label (not a glimpse colour)
+OTHER_TRUE_COLOUR: Colour = (170, 255, 170)
 # glimpse k's colour; the first is PRED_COLOUR, so a one-glimpse model's box is plain red
 GLIMPSE_COLOURS: Tuple[Colour, ...] = (
     PRED_COLOUR,
@@ -73,6 +80,34 @@ def to_rgb(images: Tensor, scale: int = 1) -> Tensor:
     x = (images.detach().float().cpu().nan_to_num(0.0).clamp(0, 1) * 255).round().to(torch.uint8)
     x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
     return x.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+
+
+def fit(images: Tensor, scale: int, max_side: Optional[int]) -> Tuple[Tensor, int, Tuple[float, float]]:
+    """Images as they are drawn at most ``max_side`` pixels a side: the integer upscaling lowered
+    (down to 1) to fit, and images still larger shrunk to fit (anti-aliased, aspect kept).
+
+    Args:
+        images: (N, C, H, W) float.
+        scale: the wanted integer upscaling.
+        max_side: the largest side of a drawn image; None: no limit.
+
+    Returns:
+        the (N, C, h, w) images to draw, the upscaling to draw them with, and the ``(x, y)``
+        factors that take a pixel box of the input images to the returned ones.
+    """
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
+        raise ValueError(f"max_side must be None or a positive integer, got {max_side!r}")
+    height, width = images.shape[-2:]
+    if max_side is None or scale * max(height, width) <= max_side:
+        return images, scale, (1.0, 1.0)
+    if max(height, width) <= max_side:
+        return images, max(1, max_side // max(height, width)), (1.0, 1.0)
+    f = max_side / max(height, width)
+    size = (max(1, round(height * f)), max(1, round(width * f)))
+    small = torch.nn.functional.interpolate(
+        images.detach().float(), size=size, mode="bilinear", antialias=True, align_corners=False
+    )
+    return small, 1, (size[1] / width, size[0] / height)
 
 
 # -- text -----------------------------------------------------------------------------------------
@@ -173,25 +208,31 @@ def box_tiles(
     true_labels: Optional[Tensor] = None,
     class_names: Optional[Sequence[str]] = None,
     scale: int = 1,
-    true_colours: Optional[Sequence[Sequence[Colour]]] = None,
+    true_box_labels: Optional[Tensor] = None,
+    max_side: Optional[int] = None,
 ) -> Tensor:
-    """One tile per image: the image upscaled with its boxes drawn, under a title strip with the
-    classes, in a frame that is red when the prediction is wrong.
+    """One tile per image: the image upscaled (or shrunk, see ``max_side``) with its boxes drawn,
+    under a title strip with the classes, in a frame that is red when the prediction is wrong.
 
     Args:
         images: (N, C, H, W) float in [0, 1], C = 1 or 3.
         pred_boxes: (N, 4) or (N, K, 4) predicted pixel boxes (glimpse k in ``glimpse_colour(k)``);
             non-finite boxes are not drawn.
-        true_boxes: (N, 4) or (N, T, 4) true pixel boxes, green.
+        true_boxes: (N, 4) or (N, T, 4) true pixel boxes, green (see ``true_box_labels``).
         pred_labels, true_labels: (N,) class indices; the title shows the predicted class (red,
             left) and the true class (green, right). No title when both are None.
         class_names: names for the class indices (default: the indices).
         scale: integer upscaling of the images (nearest) before drawing.
-        true_colours: per image, one colour per true box (default all green).
+        true_box_labels: (N, T) the class of each true box (needs ``true_labels``): boxes of the
+            image's label green, the others :data:`OTHER_TRUE_COLOUR`. Default: all green.
+        max_side: draw the images at most this many pixels a side (:func:`fit`: the upscaling
+            lowered, larger images shrunk with their boxes); None: at ``scale`` times their size.
 
     Returns:
-        (N, 3, T + scale*H + 2*FRAME, scale*W + 2*FRAME) uint8, T the title height (0 without labels).
+        (N, 3, T + h + 2*FRAME, w + 2*FRAME) uint8, T the title height (0 without labels), h x w
+        the drawn image: scale*H x scale*W, less where ``max_side`` asks for it.
     """
+    images, scale, (fx, fy) = fit(images, scale, max_side)
     x = to_rgb(images, scale)
     n, _, height, width = x.shape
     for name, value in (("pred_boxes", pred_boxes), ("true_boxes", true_boxes)):
@@ -200,6 +241,20 @@ def box_tiles(
     for name, value in (("pred_labels", pred_labels), ("true_labels", true_labels)):
         if value is not None and value.shape != (n,):
             raise ValueError(f"{name} must be (N,) with N={n}, got {tuple(value.shape)}")
+    if true_box_labels is not None:
+        if true_boxes is None or true_labels is None:
+            raise ValueError("true_box_labels needs true_boxes and true_labels")
+        if true_boxes.dim() != 3 or true_box_labels.shape != true_boxes.shape[:2]:
+            raise ValueError(
+                f"true_box_labels must be (N, T) for true_boxes (N, T, 4) {tuple(true_boxes.shape)}, "
+                f"got {tuple(true_box_labels.shape)}"
+            )
+        other = (true_box_labels.cpu() != true_labels.cpu()[:, None]).tolist()
+        true_colours = [[OTHER_TRUE_COLOUR if o else TRUE_COLOUR for o in row] for row in other]
+    # boxes in pixels of the drawn (possibly shrunk) images
+    factor = torch.tensor([fx, fy, fx, fy])
+    pred_boxes = None if pred_boxes is None else pred_boxes.detach().float().cpu() * factor
+    true_boxes = None if true_boxes is None else true_boxes.detach().float().cpu() * factor
 
     def name_of(label: Tensor) -> str:
         k = int(label)
@@ -212,7 +267,7 @@ def box_tiles(
         if true_boxes is not None:
             b, finite = _outlines(true_boxes[i], scale, height, width)
             boxes.append(b)
-            own = list(true_colours[i]) if true_colours is not None else [TRUE_COLOUR] * len(finite)
+            own = true_colours[i] if true_box_labels is not None else [TRUE_COLOUR] * len(finite)
             colours += [c for c, keep in zip(own, finite.tolist()) if keep]
         if pred_boxes is not None:
             b, finite = _outlines(pred_boxes[i], scale, height, width)
@@ -243,7 +298,8 @@ def box_grid(
     scale: int = 1,
     nrow: int = 8,
     legend: bool = True,
-    true_colours: Optional[Sequence[Sequence[Colour]]] = None,
+    true_box_labels: Optional[Tensor] = None,
+    max_side: Optional[int] = None,
 ) -> Tensor:
     """:func:`box_tiles` laid out in rows of ``nrow`` (``PADDING`` px between tiles), with a legend
     strip underneath naming the colours of what is drawn.
@@ -252,7 +308,15 @@ def box_grid(
         (3, H', W') uint8.
     """
     tiles = box_tiles(
-        images, pred_boxes, true_boxes, pred_labels, true_labels, class_names, scale, true_colours
+        images,
+        pred_boxes,
+        true_boxes,
+        pred_labels,
+        true_labels,
+        class_names,
+        scale,
+        true_box_labels,
+        max_side,
     )
     grid = _grid(tiles, nrow)
     if not legend:
@@ -265,7 +329,10 @@ def box_grid(
         (f"glimpse {k + 1} box", TEXT_COLOUR, glimpse_colour(k))
         for k in range(glimpses if glimpses > 1 else 0)
     ]
-    if true_boxes is not None:
+    if true_boxes is not None and true_box_labels is not None:
+        items.append(("true box of the label's class", TEXT_COLOUR, TRUE_COLOUR))
+        items.append(("true box of another class", TEXT_COLOUR, OTHER_TRUE_COLOUR))
+    elif true_boxes is not None:
         items.append(("true box", TEXT_COLOUR, TRUE_COLOUR))
     if pred_labels is not None or true_labels is not None:
         title = " / ".join(

@@ -79,3 +79,65 @@ def test_bad_arguments_name_themselves():
         GlimpseImages(scale=0)
     with pytest.raises(ValueError, match="nrow"):
         GlimpseImages(nrow=1.5)
+
+
+class BoxesModel(nn.Module):
+    """Three glimpses per canvas at fixed boxes: glimpse k's box of 60 px at (100 + 400k, 1300)."""
+
+    def forward(self, images):
+        k = torch.arange(3.0)[:, None]
+        boxes = torch.cat(
+            [100 + 400 * k, torch.full_like(k, 1300), 160 + 400 * k, torch.full_like(k, 1360)], 1
+        )
+        return {
+            "logits": torch.zeros(len(images), 10),
+            "boxes": boxes.expand(len(images), 3, 4),
+            "glimpses": torch.zeros(len(images), 3, 1, 32, 32),
+        }
+
+
+def test_megapixel_boxes_show_every_glimpse_and_every_true_box_shrunk(tiny_mnist_dir):
+    from stn.data.megapixel import MegapixelMNISTDataModule
+    from stn.pictures import FRAME, OTHER_TRUE_COLOUR, PADDING, TRUE_COLOUR, box_tiles, glimpse_colour
+
+    dm = MegapixelMNISTDataModule(
+        str(tiny_mnist_dir),
+        train_size=20,
+        val_size=4,
+        test_size=4,
+        batch_size=2,
+        download=False,
+        device="cpu",
+    )
+    dm.setup()
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"].shape[-2:] == (1500, 1500) and batch["boxes"].shape[1:] == (5, 4)
+    drawn = GlimpseImages(num_images=2, nrow=2).draw(BoxesModel(), batch)
+    grid = drawn["boxes"]
+    # tiles of the canvas shrunk to 512 (max_side), under a title strip, in a frame
+    title = box_tiles(torch.zeros(1, 1, 512, 512), None, None, torch.zeros(1), torch.zeros(1)).shape[-2]
+    title -= 512 + 2 * FRAME
+    tile_w = 512 + 2 * FRAME
+    assert grid.shape[-1] == 2 * tile_w + 3 * PADDING
+    f = 512 / 1500
+    for i in range(2):
+        x0, y0 = PADDING + i * (tile_w + PADDING) + FRAME, PADDING + FRAME + title
+        canvas = grid[:, y0 : y0 + 512, x0 : x0 + 512]
+        marked = batch["digit_labels"][i] == batch["label"][i]
+        assert int(marked.sum()) == 3
+        for box, label_class in zip(batch["boxes"][i].tolist(), marked.tolist()):
+            # the outline one pixel outside the shrunk box (stn.pictures' convention)
+            x1, y1, x2, y2 = (
+                round(box[0] * f - 1),
+                round(box[1] * f - 1),
+                round(box[2] * f),
+                round(box[3] * f),
+            )
+            colour = torch.tensor(TRUE_COLOUR if label_class else OTHER_TRUE_COLOUR, dtype=torch.uint8)
+            for edge in (canvas[:, y1, x1 : x2 + 1], canvas[:, y2, x1 : x2 + 1], canvas[:, y1 : y2 + 1, x1]):
+                assert (edge == colour[:, None]).all(0).float().mean() > 0.8, (i, box)
+        for k in range(3):  # each glimpse's box in its own colour, where it was put
+            colour = torch.tensor(glimpse_colour(k), dtype=torch.uint8)
+            y, left, right = round(1300 * f - 1), round((100 + 400 * k) * f - 1), round((160 + 400 * k) * f)
+            assert (canvas[:, y, left : right + 1] == colour[:, None]).all(0).all(), k
+    assert drawn["glimpses"].shape[1] > 2 * 32 * 4  # two rows of three 4x upscaled glimpses

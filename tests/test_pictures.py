@@ -144,3 +144,29 @@ def test_bad_inputs_name_the_argument():
         box_grid(torch.rand(2, 1, 8, 8), scale=0)
     with pytest.raises(ValueError, match="retina"):
         glimpse_grid(torch.rand(2, 1, 8, 8), retina=torch.rand(2, 1, 8, 8))
+
+
+def test_fit_lowers_the_upscaling_then_shrinks_with_the_boxes():
+    images = torch.zeros(1, 1, 200, 100)
+    assert pictures.fit(images, 4, 512)[1:] == (2, (1.0, 1.0))  # 4x would be 800 px high
+    assert pictures.fit(images, 4, None)[1] == 4
+    small, scale, factors = pictures.fit(torch.zeros(1, 1, 1000, 500), 4, 250)
+    assert small.shape[-2:] == (250, 125) and scale == 1 and factors == (0.25, 0.25)
+    with pytest.raises(ValueError, match="max_side must be None or a positive integer"):
+        pictures.fit(images, 1, 0)
+
+
+def test_true_boxes_of_other_classes_are_pale_green_and_named_in_the_legend():
+    image = torch.zeros(1, 1, 20, 20)
+    boxes = torch.tensor([[[2.0, 2.0, 8.0, 8.0], [10.0, 10.0, 18.0, 18.0]]])
+    tile = box_tiles(
+        image, true_boxes=boxes, true_labels=torch.tensor([3]), true_box_labels=torch.tensor([[3, 5]])
+    )
+    tile = tile[0, :, -20 - FRAME : -FRAME, FRAME:-FRAME]
+    assert bbox_of(colour_mask(tile, TRUE_COLOUR)) == (1, 1, 8, 8)
+    assert bbox_of(colour_mask(tile, pictures.OTHER_TRUE_COLOUR)) == (9, 9, 18, 18)
+    kw = dict(true_boxes=boxes, true_labels=torch.tensor([3]), true_box_labels=torch.tensor([[3, 5]]))
+    legend = box_grid(image, **kw)[:, box_grid(image, legend=False, **kw).shape[1] :]
+    assert colour_mask(legend, pictures.OTHER_TRUE_COLOUR).any()  # its swatch in the legend
+    with pytest.raises(ValueError, match="true_box_labels needs true_boxes and true_labels"):
+        box_tiles(image, true_boxes=boxes, true_box_labels=torch.tensor([[3, 5]]))

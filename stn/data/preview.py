@@ -13,7 +13,7 @@ preview shows the very samples (same seed) a training run validates and tests on
 outside the box's pixels (the outline never covers the digit), and the true class in green above
 each tile. Canvases larger than ``MAX_SIDE`` are shown shrunk to it (anti-aliased, no upscaling); on
 data with several objects per canvas (Megapixel MNIST's ``boxes``) the digits of the label's class
-are drawn in green, the others in ``OTHER_COLOUR``.
+are drawn in green, the others in pale green (``stn.pictures.OTHER_TRUE_COLOUR``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-OTHER_COLOUR = (0, 170, 255)
 MAX_SIDE = 512
 OPTIONS = {"data": None, "out": None, "n": "32", "nrow": "8", "scale": "2", "split": "test"}
 
@@ -101,32 +100,27 @@ def preview(
     from hydra.utils import instantiate
     from PIL import Image
 
-    from stn.pictures import TRUE_COLOUR, box_grid
+    from stn.pictures import box_grid
 
     cfg = compose_data_config(name, overrides)
     if "device" in cfg:
         cfg.device = "cpu"
     datamodule = instantiate(cfg)
     batch = samples(datamodule, split, n)
-    images, boxes, colours = batch["image"], batch.get("box"), None
-    if "boxes" in batch:  # several objects per canvas: the label's class green, the others blue
-        boxes = batch["boxes"]
-        marked = (batch["digit_labels"] == batch["label"][:, None]).tolist()
-        colours = [[TRUE_COLOUR if m else OTHER_COLOUR for m in row] for row in marked]
-    side = max(images.shape[-2:])
-    if side > MAX_SIDE:  # large canvases: shrunk to fit, anti-aliased
-        f = MAX_SIDE / side
-        images = torch.nn.functional.interpolate(images, scale_factor=f, mode="bilinear", antialias=True)
-        boxes, scale = (None if boxes is None else boxes * f), 1
+    # several objects per canvas (boxes, digit_labels): the label's class green, the others pale green
+    boxes = batch.get("boxes", batch.get("box"))
+    # large canvases are shrunk to MAX_SIDE (anti-aliased), never upscaled
+    large = max(batch["image"].shape[-2:]) > MAX_SIDE
     classes = tuple(datamodule.classes) or None
     grid = box_grid(
-        images,
+        batch["image"],
         true_boxes=boxes,
         true_labels=batch["label"],
         class_names=classes,
-        scale=scale,
+        scale=1 if large else scale,
         nrow=nrow,
-        true_colours=colours,
+        true_box_labels=batch.get("digit_labels"),
+        max_side=MAX_SIDE if large else None,
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -203,8 +203,8 @@ def test_config_builds_the_datamodule_and_scales_down(rect_mnist):
 def test_preview_draws_shrunk_canvases_with_both_box_colours(rect_mnist, tmp_path):
     from PIL import Image
 
-    from stn.data.preview import MAX_SIDE, OTHER_COLOUR, main
-    from stn.pictures import FRAME, PADDING, TRUE_COLOUR
+    from stn.data.preview import MAX_SIDE, main
+    from stn.pictures import FRAME, OTHER_TRUE_COLOUR, PADDING, TRUE_COLOUR
 
     out = tmp_path / "mp.png"
     main(
@@ -226,4 +226,4 @@ def test_preview_draws_shrunk_canvases_with_both_box_colours(rect_mnist, tmp_pat
     tile = MAX_SIDE + 2 * FRAME
     assert image.shape[1] == 2 * tile + 3 * PADDING and image.shape[0] > tile + 2 * PADDING
     pixels = {tuple(p) for p in image.reshape(-1, 3)}
-    assert TRUE_COLOUR in pixels and OTHER_COLOUR in pixels  # the label's digits and the others
+    assert TRUE_COLOUR in pixels and OTHER_TRUE_COLOUR in pixels  # the label's digits and the others
