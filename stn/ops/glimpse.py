@@ -152,18 +152,18 @@ def glimpse(
     engine = _engine(images, antialias)
     if engine in ("grid", "traced"):
         # grid_sample needs the grid in the images' dtype: sample half precision in float32.
-        src, pos = images.to(flat.dtype), flat if indices is not None else flat.reshape(*lead, 4)
+        # (no reshapes that change nothing: each is an autograd node, and few glimpses of large
+        # images take little more time than such overhead)
+        src, pos = images.to(flat.dtype), flat if len(lead) == 1 else flat.reshape(*lead, 4)
         box_grid = _BoxGrid.apply if engine == "grid" else _box_grid  # traced: plain ops
         make_grid = functools.partial(box_grid, image_size=(height, width))
         fill_src = None if fill is None else fill.to(src.dtype)
         out = sample_grids(
             src, pos, idx if indices is not None else None, lead, make_grid, (h, w), padding_mode, fill_src
-        )
-        return (
-            nan_where_not(finite, out.reshape(n, channels, h, w))
-            .to(images.dtype)
-            .reshape(*lead, channels, h, w)
-        )
+        )  # (*lead, C, h, w)
+        if finite is not None:
+            out = nan_where_not(finite, out.reshape(n, channels, h, w)).reshape(*lead, channels, h, w)
+        return out.to(images.dtype)
     x1, y1, x2, y2 = flat.unbind(-1)
     ty = axis_taps(y1, y2, h, height, antialias=antialias, padding_mode=padding_mode, dense=engine == "dense")
     tx = axis_taps(x1, x2, w, width, antialias=antialias, padding_mode=padding_mode, dense=engine == "dense")
