@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from stn import ops
 from stn.metrics import GlimpseHits, nearest_box_iou
 from stn.models import ScoreMap, StridedCNN, TopKGlimpseModel
 from stn.models.common import low_res_view
@@ -87,6 +88,43 @@ def test_topk_gradients_reach_the_score_map_and_the_box_offsets():
     loc = model.localizer
     assert loc.score.weight.grad.abs().sum() > 0  # through the attention weights
     assert loc.offset.weight.grad.abs().sum() > 0  # through the glimpses' box gradient
+
+
+@pytest.mark.parametrize("fill, antialias", [(0.0, True), (0.3, True), (0.0, False)])
+def test_topk_glimpses_from_patches_equal_glimpses_of_the_whole_image(fill, antialias):
+    torch.manual_seed(0)
+    model = TopKGlimpseModel(image_size=(SIZE, SIZE), fill=fill, antialias=antialias)
+    images = torch.rand(2, 1, SIZE, SIZE)
+    # boxes of 1/2x to 2x box_size (the offsets' range), some across the image edge or outside it
+    centre = torch.rand(2, 10, 2) * (SIZE + 40) - 20
+    half = (torch.rand(2, 10, 1) * 1.5 + 0.5) * model.box_size / 2
+    half[:, :4] = model.box_size  # the largest boxes, whose filter taps reach past them
+    centre[:, :4] = torch.tensor([100.9, 150.5])
+    boxes = torch.cat([centre - half, centre + half], -1).requires_grad_(True)
+    patched = model.sample(images, boxes)
+    (grad,) = torch.autograd.grad(patched.square().sum(), boxes)
+    whole = ops.glimpse(images, boxes, model.glimpse_size, antialias=antialias, fill=fill)
+    (expected,) = torch.autograd.grad(whole.square().sum(), boxes)
+    assert patched.shape == whole.shape == (2, 10, 1, 32, 32)
+    # the plain grid path rounds samples by 2 eps of the normalized grid: image-size dependent
+    atol = 1e-4 if antialias else 2e-4
+    assert torch.allclose(patched, whole, atol=atol) and torch.allclose(grad, expected, rtol=1e-3, atol=1e-2)
+    assert expected.abs().max() > 10  # the comparison is not between zeros
+
+
+def test_recomputing_the_localizer_image_by_image_changes_nothing():
+    torch.manual_seed(0)
+    images = canvas([(40, 60), (200, 100), (120, 230)], b=3) * torch.rand(3, 1, 1, 1)
+    grads, outs = [], []
+    for recompute in (False, True):
+        torch.manual_seed(1)
+        model = TopKGlimpseModel(num_glimpses=3, image_size=(SIZE, SIZE), recompute_localizer=recompute)
+        out = model(images)
+        out["logits"].logsumexp(-1).sum().backward()
+        outs.append(out["logits"].detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.localizer.parameters()]))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
 def test_topk_arguments_are_checked():
