@@ -697,3 +697,16 @@ def test_cuda_per_image_layout_and_empty():
     out = glimpse(images, boxes, 5)
     torch.testing.assert_close(out.cpu(), glimpse(images.cpu(), boxes.cpu(), 5), atol=1e-5, rtol=0)
     assert glimpse(images, torch.zeros(3, 0, 4, device="cuda"), 5).shape == (3, 0, 2, 5, 5)
+
+
+def test_grid_constants_cached_under_inference_mode_serve_training(glimpse_gen):
+    """The plain path caches its grid constants per (size, image size, dtype, device): made first
+    under torch.inference_mode(), they must still give the same values and box gradients later."""
+    images = torch.rand(2, 1, 13, 11, generator=glimpse_gen, dtype=torch.float64)
+    boxes = torch.tensor([[1.3, 2.1, 9.6, 12.2], [-2.0, 0.5, 6.5, 7.25]], dtype=torch.float64)
+    with torch.inference_mode():
+        first = glimpse(images, boxes, (3, 5))
+    b = boxes.clone().requires_grad_()
+    out = glimpse(images, b, (3, 5))
+    torch.testing.assert_close(out, first)
+    assert torch.autograd.gradcheck(lambda bb: glimpse(images, bb, (3, 5)), (b,))
