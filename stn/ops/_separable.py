@@ -78,7 +78,7 @@ def _plan(cy: Tensor, cx: Tensor, ty: int, tx: int, per_box: int):
     if cy.device.type != "cpu" or not _CPU_CHUNKS:
         return [(slice(0, n), ty, tx)]
     step = max(1, _CHUNK_ELEMS * min(4, torch.get_num_threads()) // max(1, per_box))
-    if ty <= 2 and tx <= 2 or bool(((cy == cy[0]) & (cx == cx[0])).all()):
+    if ty <= 2 and tx <= 2 or n == 0 or bool(((cy == cy[0]) & (cx == cx[0])).all()):
         return [(slice(s, min(n, s + step)), ty, tx) for s in range(0, n, step)]
     order = torch.argsort(cy * (tx + 1) + cx, stable=True)
     sorted_y, sorted_x = cy[order].tolist(), cx[order].tolist()
