@@ -15,6 +15,7 @@ from torch import Tensor
 
 from stn import pictures
 from stn.lit import NonFiniteLossError, nonfinite_tensors
+from stn.logs import is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class GlimpseImages(L.Callback):
         self._stats: List[Dict[str, Tensor]] = []
 
     def _active(self, trainer: L.Trainer, stage: str) -> bool:
-        if trainer.sanity_checking or not trainer.is_global_zero or _tensorboard(trainer) is None:
+        if trainer.sanity_checking or not is_rank_zero() or _tensorboard(trainer) is None:
             return False
         return stage == "test" or trainer.current_epoch % self.every_n_epochs == 0
 
