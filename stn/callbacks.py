@@ -114,7 +114,6 @@ class GlimpseImages(L.Callback):
         self._log(trainer, pl_module, "test")
 
     @torch.no_grad()
-    @torch.no_grad()
     def draw(
         self, pl_module: torch.nn.Module, batch: Dict[str, Tensor], classes: Optional[List[str]] = None
     ) -> Dict[str, Tensor]:
