@@ -11,7 +11,8 @@ composed config as they are. The config is ``configs/train.yaml`` with ``data=<n
 preview shows the very samples (same seed) a training run validates and tests on. It is drawn by
 :func:`stn.pictures.box_grid`, like TensorBoard's ``val/boxes``: the true box in green, one pixel
 outside the box's pixels (the outline never covers the digit), and the true class in green above
-each tile. Canvases larger than ``MAX_SIDE`` are shown shrunk to it (anti-aliased, no upscaling); on
+each tile. Tiles are at most ``MAX_SIDE`` pixels a side (:func:`stn.pictures.fit`: the upscaling
+lowered, larger canvases shrunk anti-aliased, as in TensorBoard); on
 data with several objects per canvas (Megapixel MNIST's ``boxes``) the digits of the label's class
 are drawn in green, the others in pale green (``stn.pictures.OTHER_TRUE_COLOUR``).
 """
@@ -109,18 +110,16 @@ def preview(
     batch = samples(datamodule, split, n)
     # several objects per canvas (boxes, digit_labels): the label's class green, the others pale green
     boxes = batch.get("boxes", batch.get("box"))
-    # large canvases are shrunk to MAX_SIDE (anti-aliased), never upscaled
-    large = max(batch["image"].shape[-2:]) > MAX_SIDE
     classes = tuple(datamodule.classes) or None
     grid = box_grid(
         batch["image"],
         true_boxes=boxes,
         true_labels=batch["label"],
         class_names=classes,
-        scale=1 if large else scale,
+        scale=scale,
         nrow=nrow,
         true_box_labels=batch.get("digit_labels"),
-        max_side=MAX_SIDE if large else None,
+        max_side=MAX_SIDE,
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
