@@ -44,6 +44,10 @@ def _as_int(value) -> int:
 
 def check_size(size: Size2, name: str = "size") -> Tuple[int, int]:
     """Turn an int or (h, w) into a pair of positive ints."""
+    if type(size) is int and size > 0:  # the common cases, without the generic checks' cost
+        return size, size
+    if type(size) in (tuple, list) and len(size) == 2 and all(type(s) is int and s > 0 for s in size):
+        return size[0], size[1]
     try:
         if isinstance(size, (Sequence, Tensor)) and not (isinstance(size, Tensor) and size.dim() == 0):
             h, w = (_as_int(s) for s in size)
@@ -168,6 +172,8 @@ def check_fill(fill: Fill, channels: int) -> Fill:
 
     Raises TypeError for another type, ValueError for a wrong number of values.
     """
+    if type(fill) in (int, float):
+        return float(fill)
     if isinstance(fill, Tensor):
         if fill.numel() not in (1, channels):
             raise ValueError(
@@ -213,7 +219,7 @@ def fill_values(fill: Fill, like: Tensor, padding_mode: str) -> Optional[Tensor]
     else:
         seq = (fill,) if isinstance(fill, float) else fill
         zero = not any(seq)
-        values = torch.tensor(seq, dtype=like.dtype, device=like.device).expand(channels)
+        values = None if zero else torch.tensor(seq, dtype=like.dtype, device=like.device).expand(channels)
     if zero:
         return None
     if padding_mode != "zeros":

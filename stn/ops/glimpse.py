@@ -213,7 +213,7 @@ def _box_grid(boxes: Tensor, size: Tuple[int, int], image_size: Tuple[int, int],
     # every sample 2 eps right/down in the normalized grid (above that rounding; values change by
     # eps * size times a pixel step) gives the derivative from the right, as the tap engine does.
     nudge = 1 - 2 * torch.finfo(boxes.dtype).eps  # g = 2 x / W - 1 + 2 eps
-    g = (lo + centres * ((hi - lo) / counts)) * scales - nudge  # (M, 2, L)
+    g = torch.addcmul(lo, centres, (hi - lo) / counts).mul_(scales).sub_(nudge)  # (M, 2, L)
     m = boxes.shape[0]
     gx, gy = g[:, 0, None, :w].expand(m, h, w), g[:, 1, :h, None].expand(m, h, w)
     return torch.stack([gx, gy], dim=-1)
@@ -242,8 +242,9 @@ def _grid_constants(size: Tuple[int, int], image_size: Tuple[int, int], dtype, d
 
 class _BoxGrid(torch.autograd.Function):
     """:func:`_box_grid` with an analytic backward: the grid's gradient (M, h, w, 2) summed to
-    columns and rows, then one (M, 2L) x (2L, 4) product, instead of autograd through a dozen
-    broadcast ops (their overhead was a good part of the time of a large image's few glimpses).
+    columns (M, w) and rows (M, h), then two products with the grid's derivative, instead of
+    autograd through a dozen broadcast ops (their overhead was a good part of the time of a large
+    image's few glimpses).
     Eager only (the constants are cached)."""
 
     @staticmethod
@@ -255,9 +256,8 @@ class _BoxGrid(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         m, h, w, _ = grad.shape
-        deriv = ctx.consts[3]
+        deriv = ctx.consts[3].to(grad.dtype)
         length = deriv.shape[0] // 2
-        sums = grad.new_zeros(m, 2, length)
-        sums[:, 0, :w] = grad[..., 0].sum(1)
-        sums[:, 1, :h] = grad[..., 1].sum(2)
-        return sums.view(m, 2 * length) @ deriv.to(grad.dtype), None, None
+        # dL/dx of each column (M, w) and dL/dy of each row (M, h), times the grid's derivative
+        out = torch.mm(grad[..., 0].sum(1), deriv[:w])
+        return torch.addmm(out, grad[..., 1].sum(2), deriv[length : length + h]), None, None
