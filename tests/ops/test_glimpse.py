@@ -505,6 +505,19 @@ def test_non_finite_box_gives_nan_glimpse_only(bad, glimpse_gen, make_boxes):
         torch.testing.assert_close(b.grad[good], rb.grad)
 
 
+def test_finite_boxes_whose_sum_overflows_are_not_taken_for_non_finite(glimpse_gen, make_boxes):
+    # the all-finite check sums the boxes: huge but finite coordinates overflow that sum to inf,
+    # and must still sample as boxes (far outside the image: zeros), not turn into NaN glimpses
+    images = torch.rand(2, 1, 9, 9, generator=glimpse_gen)
+    boxes = make_boxes(2, 9, 9, glimpse_gen)
+    boxes[1] = torch.tensor([1e38, 1e38, 1.1e38, 1.1e38])
+    assert torch.isinf(boxes.sum())
+    for antialias in (False, True):
+        out = glimpse(images, boxes, 4, antialias=antialias)
+        torch.testing.assert_close(out[0], glimpse(images[:1], boxes[:1], 4, antialias=antialias)[0])
+        assert torch.equal(out[1], torch.zeros_like(out[1]))
+
+
 def _tiled(images, mode, reps):
     """images padded by ``reps`` image sizes on every side the way ``mode`` pads them."""
     if mode == "zeros":
