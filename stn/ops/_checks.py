@@ -172,7 +172,7 @@ def check_fill(fill: Fill, channels: int) -> Fill:
 
     Raises TypeError for another type, ValueError for a wrong number of values.
     """
-    if type(fill) in (int, float):
+    if type(fill) in (int, float):  # the common case, without the numbers.Real ABC check's cost
         return float(fill)
     if isinstance(fill, Tensor):
         if fill.numel() not in (1, channels):
@@ -214,14 +214,14 @@ def fill_values(fill: Fill, like: Tensor, padding_mode: str) -> Optional[Tensor]
     if isinstance(fill, Tensor):
         if not fill.is_floating_point():
             fill = fill.to(like.dtype)
-        zero = not fill.requires_grad and fill.device.type == "cpu" and not bool(fill.any())
+        if not fill.requires_grad and fill.device.type == "cpu" and not bool(fill.any()):
+            return None
         values = fill.to(dtype=like.dtype, device=like.device).reshape(-1).expand(channels)
     else:
         seq = (fill,) if isinstance(fill, float) else fill
-        zero = not any(seq)
-        values = None if zero else torch.tensor(seq, dtype=like.dtype, device=like.device).expand(channels)
-    if zero:
-        return None
+        if not any(seq):
+            return None
+        values = torch.tensor(seq, dtype=like.dtype, device=like.device).expand(channels)
     if padding_mode != "zeros":
         raise ValueError(
             f"fill is only used with padding_mode='zeros', got padding_mode={padding_mode!r} "

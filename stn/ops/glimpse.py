@@ -223,21 +223,21 @@ def _box_grid(boxes: Tensor, size: Tuple[int, int], image_size: Tuple[int, int],
 def _grid_constants(size: Tuple[int, int], image_size: Tuple[int, int], dtype, device):
     """Constants of :func:`_box_grid` for ``L = max(h, w)``: pixel centres ``j + 0.5`` (2, L) of
     the glimpse's columns and rows, their counts (2, 1) and normalizers ``2 / W``, ``2 / H``
-    (2, 1), and the grid's derivative (2 * L, 4) w.r.t. the box (rows past w or h are zero)."""
+    (2, 1), and the grid's derivative (2, L, 4) w.r.t. the box: x of column j, then y of row i
+    (entries past w or h are not used)."""
     (h, w), (height, width) = size, image_size
     length = max(h, w)
     centres = torch.arange(length, dtype=dtype, device=device).expand(2, length) + 0.5
     counts = torch.tensor([[w], [h]], dtype=dtype, device=device)
     scales = torch.tensor([[2 / width], [2 / height]], dtype=dtype, device=device)
     # g = (lo + f * (hi - lo)) * scale - nudge, f = (j + 0.5) / count: dg/dlo = (1 - f) * scale,
-    # dg/dhi = f * scale, for j < count.
+    # dg/dhi = f * scale.
     f = centres / counts
-    used = centres < counts
     deriv = torch.zeros(2, length, 4, dtype=dtype, device=device)
     for axis in (0, 1):
-        deriv[axis, :, axis] = torch.where(used[axis], (1 - f[axis]) * scales[axis], 0)
-        deriv[axis, :, axis + 2] = torch.where(used[axis], f[axis] * scales[axis], 0)
-    return centres, counts, scales, deriv.reshape(2 * length, 4)
+        deriv[axis, :, axis] = (1 - f[axis]) * scales[axis]
+        deriv[axis, :, axis + 2] = f[axis] * scales[axis]
+    return centres, counts, scales, deriv
 
 
 class _BoxGrid(torch.autograd.Function):
@@ -257,7 +257,6 @@ class _BoxGrid(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         m, h, w, _ = grad.shape
         deriv = ctx.consts[3].to(grad.dtype)
-        length = deriv.shape[0] // 2
         # dL/dx of each column (M, w) and dL/dy of each row (M, h), times the grid's derivative
-        out = torch.mm(grad[..., 0].sum(1), deriv[:w])
-        return torch.addmm(out, grad[..., 1].sum(2), deriv[length : length + h]), None, None
+        out = torch.mm(grad[..., 0].sum(1), deriv[0, :w])
+        return torch.addmm(out, grad[..., 1].sum(2), deriv[1, :h]), None, None
