@@ -26,6 +26,9 @@ from ._checks import PADDING_MODES
 __all__ = ["Taps", "axis_taps"]
 
 _MAX_TAP = float(2**30)  # taps are clamped to this before the cast to long (huge finite boxes)
+# Box edges are clamped to +-this first: past it a box's glimpse and gradients are 0 to float32
+# precision anyway, and larger edges overflow the filter arithmetic (half-width squared) to inf/NaN.
+_MAX_COORD = float(2**50)
 
 
 class Taps(NamedTuple):
@@ -84,6 +87,7 @@ def axis_taps(
     the right in ``pos``, as ``floor`` gives them for bilinear taps.
     """
     dtype, device = lo.dtype, lo.device
+    lo, hi = lo.clamp(-_MAX_COORD, _MAX_COORD), hi.clamp(-_MAX_COORD, _MAX_COORD)
     step = (hi - lo) / out_size
     centre = torch.arange(out_size, dtype=dtype, device=device) + 0.5
     # Same arithmetic as roi_align(aligned=True): start - 0.5 plus (j + 0.5) bins: pixel-index coords.

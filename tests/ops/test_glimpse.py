@@ -585,6 +585,26 @@ def test_huge_boxes_stay_safe():
     assert torch.equal(out[1], torch.full((1, 3, 3), 0.25))
 
 
+@pytest.mark.parametrize("edge", [1e20, 1e30, 3e38])
+def test_antialias_boxes_near_float_max_give_fill_and_finite_gradients(edge, glimpse_gen):
+    """Anti-aliased boxes with edges up to the float32 maximum: the image is a vanishing part of
+    the box, so the glimpse is the fill, and the gradients are finite (the filter's half-width
+    squared overflowed to NaN gradients from 1e30, and 3e38 - (-3e38) = inf raised an error)."""
+    images = torch.rand(2, 1, 20, 20, generator=glimpse_gen)
+    boxes = torch.tensor([[-edge, -edge, edge, edge], [-edge, 2.0, edge, 10.0], [3.0, -edge, 12.0, edge]])
+    idx = torch.tensor([0, 1, 1])
+    for mode in PADDING_MODES:
+        i, b = images.clone().requires_grad_(), boxes.clone().requires_grad_()
+        fill = 0.25 if mode == "zeros" else 0.0
+        out = glimpse(i, b, 8, indices=idx, antialias=True, padding_mode=mode, fill=fill)
+        out.sum().backward()
+        assert torch.isfinite(i.grad).all() and torch.isfinite(b.grad).all()
+        if mode == "zeros":
+            torch.testing.assert_close(out, torch.full_like(out, 0.25))
+        else:  # border and reflection read image values only: within their range
+            assert out.min() >= images.min() - 1e-6 and out.max() <= images.max() + 1e-6
+
+
 # --------------------------------------------------------------------------------------------------
 # optimization: a box finds a bright square
 
