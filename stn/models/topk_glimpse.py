@@ -115,7 +115,11 @@ class TopKGlimpseModel(GlimpseModel):
        view to scores and offsets) scores the cells of the view and predicts per-cell offsets.
     2. The K highest local maxima of the scores (a cell is a local maximum when no cell within
        ``nms_window // 2`` cells scores higher; with Gumbel noise of scale ``explore`` added in
-       training) seed K boxes of ``box_size`` canvas pixels centred on their cells.
+       training) seed K boxes of ``box_size`` canvas pixels centred on their cells. Flat cells
+       (the view's range over the cell at most ``min_contrast``) rank after
+       every other cell: their glimpses show nothing and give the box and the score map no
+       gradient, so a score map that comes to rank them first (the collapse of a 30-epoch run
+       without this rule, README) would never learn its way back.
     3. Each box moves by up to ``max_shift`` pixels and grows or shrinks by up to 2x by the offsets
        at its cell (``tanh``-bounded), then :func:`stn.ops.glimpse` samples it at ``glimpse_size``
        from the full-resolution image (differentiable in the box).
@@ -133,6 +137,8 @@ class TopKGlimpseModel(GlimpseModel):
         max_shift: how far (pixels) the offsets can move a box's centre from its cell's centre.
         nms_window: side (cells, odd) of the window a seed must be the maximum of.
         explore: scale of the Gumbel noise on the scores in training (0: plain top-k).
+        min_contrast: cells whose view varies by at most this much (image intensity units) over
+            them rank last; None: no such rule.
         antialias, padding_mode, fill: glimpse sampling (see :func:`stn.ops.glimpse`).
         recompute_localizer: in training, run the localizer one image at a time and recompute its
             activations in backward instead of keeping them (:meth:`localize`: the same result;
@@ -158,6 +164,7 @@ class TopKGlimpseModel(GlimpseModel):
         max_shift: float = 16.0,
         nms_window: int = 3,
         explore: float = 0.0,
+        min_contrast: Optional[float] = 0.0,
         antialias: bool = True,
         padding_mode: str = "zeros",
         fill: Fill = 0.0,
@@ -197,6 +204,10 @@ class TopKGlimpseModel(GlimpseModel):
                 raise ValueError(f"{name} must be a number >= {low:g}, got {value!r}")
         self.box_size, self.max_shift = float(box_size), float(max_shift)
         self.nms_window, self.explore = nms_window, float(explore)
+        number = isinstance(min_contrast, (int, float)) and not isinstance(min_contrast, bool)
+        if min_contrast is not None and not (number and min_contrast >= 0):
+            raise ValueError(f"min_contrast must be a number >= 0 or None (no rule), got {min_contrast!r}")
+        self.min_contrast = None if min_contrast is None else float(min_contrast)
         self.antialias = bool(antialias)
         self.recompute_localizer = bool(recompute_localizer)
         self.classifier = (classifier or DigitNet)(
@@ -215,8 +226,18 @@ class TopKGlimpseModel(GlimpseModel):
         """The score map's parameters (for their own learning rate)."""
         return list(self.localizer.parameters())
 
-    def select(self, scores: Tensor) -> Tensor:
-        """(B, h, w) scores -> (B, K) flat indices of the seed cells (local maxima first)."""
+    def flat_cells(self, view: Tensor, cells: tuple[int, int]) -> Tensor:
+        """(B, C, h', w') unnormalized view -> (B, h, w) bool: the cells (of the ``cells`` = (h, w)
+        score map) where the view varies by at most ``min_contrast`` over the cell (the glimpse of a
+        cell covers at least the cell when ``box_size`` is at least a cell's side)."""
+        view = view.detach()
+        high = F.adaptive_max_pool2d(view, cells)
+        low = -F.adaptive_max_pool2d(-view, cells)
+        return (high - low).amax(1) <= self.min_contrast
+
+    def select(self, scores: Tensor, flat: Optional[Tensor] = None) -> Tensor:
+        """(B, h, w) scores -> (B, K) flat indices of the seed cells: local maxima first, then the
+        other cells, then those of ``flat`` (B, h, w) bool, if given."""
         b, h, w = scores.shape
         k = self.num_glimpses
         if k > h * w:
@@ -228,7 +249,10 @@ class TopKGlimpseModel(GlimpseModel):
         r = self.nms_window // 2
         peak = s == F.max_pool2d(s[:, None], self.nms_window, stride=1, padding=r)[:, 0]
         # non-maxima rank after every maximum, so they fill in only when there are fewer than K
-        ranked = torch.where(peak, s, s - (s.max() - s.min() + 1))
+        gap = s.max() - s.min() + 1
+        ranked = torch.where(peak, s, s - gap)
+        if flat is not None:
+            ranked = torch.where(flat, ranked - 2 * gap, ranked)
         return ranked.flatten(1).topk(k, dim=1).indices
 
     def localize(self, view: Tensor) -> tuple[Tensor, Tensor]:
@@ -282,7 +306,8 @@ class TopKGlimpseModel(GlimpseModel):
         view = low_res_view(images, self.localizer.view_scale)  # shrink, then normalize: less memory
         scores, offsets = self.localize(self.normalize(view))
         hs, ws = scores.shape[-2:]
-        cells = self.select(scores)  # (B, K)
+        flat = None if self.min_contrast is None else self.flat_cells(view, (hs, ws))
+        cells = self.select(scores, flat)  # (B, K)
         picked = scores.flatten(1).gather(1, cells)  # (B, K), with gradient
         with float32(images):  # box geometry and sampling in float32 also under mixed precision
             off = offsets.float().flatten(2).gather(2, cells[:, None].expand(b, 3, k))  # (B, 3, K)

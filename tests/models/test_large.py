@@ -141,6 +141,61 @@ def test_topk_arguments_are_checked():
         ScoreMap(image_size=(20, 20), view_scale=0.1, channels=(4, 4, 4))
 
 
+def test_flat_cells_are_picked_last():
+    """A score map that ranks black background first (negative score head): its glimpses still
+    go to the squares while there are enough cells with contrast (min_contrast, the default),
+    and to the background without the rule (min_contrast=None)."""
+    squares = [(40, 60), (200, 100), (120, 240)]
+    images = canvas(squares)
+    picks = {}
+    for rule in (0.0, None):
+        model = TopKGlimpseModel(num_glimpses=3, image_size=(SIZE, SIZE), min_contrast=rule).eval()
+        ink_detector(model)
+        with torch.no_grad():
+            model.localizer.score.weight.fill_(-1.0)
+            picks[rule] = model(images)["glimpses"].amax(dim=(2, 3, 4))[0]  # (K,) brightest pixel seen
+    assert (picks[0.0] > 0.5).all() and (picks[None] == 0).all()
+    view = low_res_view(images, 0.12)
+    flat = TopKGlimpseModel(image_size=(SIZE, SIZE)).flat_cells(view, (18, 18))[0]
+    assert flat.shape == (18, 18) and flat.sum() > 300 and not flat.all()
+    for cx, cy in squares:  # the cell of a square's centre has contrast
+        assert not flat[int((cy + 10) * 18 / SIZE), int((cx + 10) * 18 / SIZE)]
+    for bad in (-0.1, True, "0"):
+        with pytest.raises(ValueError, match="min_contrast"):
+            TopKGlimpseModel(image_size=(SIZE, SIZE), min_contrast=bad)
+
+
+def test_ink_prior_ranks_the_ink_first_and_is_learned():
+    """A score map whose own scores prefer black background (negative score head): with the ink
+    prior the cells of the squares win; without it they do not. The prior's weight is a parameter
+    (it gets a gradient); ink_prior=0 adds no parameter and changes nothing."""
+    torch.manual_seed(0)
+    squares = [(40, 60), (200, 100), (120, 240)]
+    view = low_res_view(canvas(squares), 0.12)
+    plain = ScoreMap(image_size=(SIZE, SIZE))
+    prior = ScoreMap(image_size=(SIZE, SIZE), ink_prior=2.0)
+    prior.load_state_dict({**plain.state_dict(), "ink_prior": prior.ink_prior.detach()})
+    with torch.no_grad():  # brighter input, lower score: the bad start the prior is for
+        for m in (plain, prior):
+            m.convs[0].weight.fill_(0.1)
+            m.convs[0].bias.zero_()
+            m.score.weight.fill_(-1.0)
+    cell = SIZE / 18
+    on_square = torch.zeros(18, 18, dtype=torch.bool)
+    for cx, cy in squares:
+        first, last = (int(cx // cell), int(cy // cell)), (int((cx + 20) // cell), int((cy + 20) // cell))
+        on_square[first[1] : last[1] + 1, first[0] : last[0] + 1] = True
+    top = [s.flatten().topk(3).indices for s in (plain(view)[0][0], prior(view)[0][0])]
+    assert not on_square.flatten()[top[0]].any() and on_square.flatten()[top[1]].all()
+    prior(view)[0].max().backward()
+    assert prior.ink_prior.grad is not None and prior.ink_prior.grad != 0
+    assert sum(p.numel() for p in prior.parameters()) == sum(p.numel() for p in plain.parameters()) + 1
+    assert ScoreMap(image_size=(SIZE, SIZE), ink_prior=0).ink_prior is None
+    for bad in (-1.0, True, "1"):
+        with pytest.raises(ValueError, match="ink_prior"):
+            ScoreMap(image_size=(SIZE, SIZE), ink_prior=bad)
+
+
 def test_strided_cnn_full_and_low_resolution_have_the_same_budget():
     full = StridedCNN(image_size=(SIZE, SIZE))
     low = StridedCNN(image_size=(SIZE, SIZE), view_scale=0.12, stem_stride=1)
