@@ -7,9 +7,11 @@ cell of a low-resolution view, the K best-scoring local maxima seed K boxes, and
 offsets (position and size, zero at the start) refine each box through the glimpse's gradient.
 The scores reach the loss through the attention weights that pool the glimpse features, so cells
 whose glimpses help the classification rise, and cells whose glimpses do not sink, so others get
-their turn. Optionally (``explore``), Gumbel noise on the scores in training makes the top-k a
-sample without replacement (attention sampling, Katharopoulos & Fleuret 2019, draws its patches
-from such a map); at the start the scores of a black canvas are nearly equal, so even noise of
+their turn. Two rules keep that loop going: flat cells (nothing in the view) are picked last, as
+their glimpses teach nothing, and optionally (``ink_prior`` of :class:`ScoreMap`) a fresh score map
+ranks the cells with most ink first. Optionally (``explore``), Gumbel noise on the scores in
+training makes the top-k a sample without replacement (attention sampling, Katharopoulos & Fleuret
+2019, draws its patches from such a map); at the start the scores of a black canvas are nearly equal, so even noise of
 scale 1 sends the glimpses to random cells and the classifier learns nothing (README).
 """
 
