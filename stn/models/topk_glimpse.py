@@ -11,8 +11,9 @@ their turn. Two rules keep that loop going: flat cells (nothing in the view) are
 their glimpses teach nothing, and optionally (``ink_prior`` of :class:`ScoreMap`) a fresh score map
 ranks the cells with most ink first. Optionally (``explore``), Gumbel noise on the scores in
 training makes the top-k a sample without replacement (attention sampling, Katharopoulos & Fleuret
-2019, draws its patches from such a map); at the start the scores of a black canvas are nearly equal, so even noise of
-scale 1 sends the glimpses to random cells and the classifier learns nothing (README).
+2019, draws its patches from such a map); at the start the scores of a black canvas are nearly
+equal, so even noise of scale 1 sends the glimpses to random cells and the classifier learns
+nothing (README).
 """
 
 from __future__ import annotations
