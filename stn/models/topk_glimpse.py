@@ -119,10 +119,10 @@ class TopKGlimpseModel(GlimpseModel):
     2. The K highest local maxima of the scores (a cell is a local maximum when no cell within
        ``nms_window // 2`` cells scores higher; with Gumbel noise of scale ``explore`` added in
        training) seed K boxes of ``box_size`` canvas pixels centred on their cells. Flat cells
-       (the view's range over the cell at most ``min_contrast``) rank after
-       every other cell: their glimpses show nothing and give the box and the score map no
-       gradient, so a score map that comes to rank them first (the collapse of a 30-epoch run
-       without this rule, README) would never learn its way back.
+       (the view's range over the cell at most ``min_contrast``) rank after every other cell:
+       their glimpses show nothing and give the box and the score map no gradient, so a score
+       map that comes to rank them first (the collapse of a 30-epoch run without this rule,
+       README) would never learn its way back.
     3. Each box moves by up to ``max_shift`` pixels and grows or shrinks by up to 2x by the offsets
        at its cell (``tanh``-bounded), then :func:`stn.ops.glimpse` samples it at ``glimpse_size``
        from the full-resolution image (differentiable in the box).
