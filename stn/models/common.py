@@ -117,7 +117,7 @@ def low_res_view(images: Tensor, scale: float) -> Tensor:
     """
     if scale == 1:
         return images
-    h, w = images.shape[-2:]
+    h, w = (int(n) for n in images.shape[-2:])  # ints also under tracing (sizes are then tensors)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     return F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
 

@@ -18,7 +18,7 @@ from stn import load_model
 from stn.convert import Preprocess
 from stn.export import ExportModule, export, export_task, run_exported
 from stn.inference import TrainedModel
-from stn.models import CNNModel, MultiGlimpseModel
+from stn.models import CNNModel, MultiGlimpseModel, ScoreMap, TopKGlimpseModel
 from stn.validation import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,6 +97,32 @@ def test_onnx_of_other_models(make, tmp_path):
     images = torch.rand(3, 1, 28, 28)
     for got, want in zip(run_exported(path, images), expected(model, images)):
         assert got.shape == want.shape and (got - want).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_of_the_large_image_model(fmt, tmp_path):
+    """TopKGlimpseModel (score map, top-k seeds, flat-cell rule, ink prior) exports to both formats
+    (TorchScript failed on the view's size before: tracing gives shapes as tensors)."""
+    if fmt == "onnx":
+        needs_onnx()
+    torch.manual_seed(0)
+    net = TopKGlimpseModel(
+        num_glimpses=3,
+        image_size=(120, 120),
+        localizer=lambda **kw: ScoreMap(**kw, view_scale=0.3, ink_prior=1.0),
+    )
+    model = TrainedModel(net, list("0123456789"), Preprocess(1, (120, 120)))
+    path = export(model, fmt, tmp_path / f"m.{fmt}")
+    images = torch.zeros(2, 1, 120, 120)
+    images[:, :, 20:40, 30:50] = 1.0  # ink in a few cells, the rest flat
+    images[1, :, 70:100, 60:80] = torch.rand(30, 20)
+    if fmt == "onnx":
+        got = run_exported(path, images)
+    else:
+        with torch.no_grad():
+            got = torch.jit.load(str(path))(images)
+    for g, want in zip(got, expected(model, images)):
+        assert g.shape == want.shape and (g - want).abs().max() < 1e-4
 
 
 def test_bad_format_is_a_clear_error(mnist_ckpt):
