@@ -105,7 +105,7 @@ class ScoreMap(nn.Module):
         scores = self.score(x)[:, 0]
         if self.ink_prior is not None:
             # the normalized view is affine in the ink: the offset is the same for every cell
-            ink = F.avg_pool2d(view.mean(1, keepdim=True), self.cell)[:, 0] if self.cell > 1 else view.mean(1)
+            ink = F.avg_pool2d(view.mean(1, keepdim=True), self.cell)[:, 0]
             scores = scores + self.ink_prior * ink
         return scores, self.offset(x)
 
