@@ -2,7 +2,7 @@
 
 Differentiable w.r.t. the images and the boxes, optionally anti-aliased. Plain bilinear glimpses
 are PyTorch's ``grid_sample`` of a grid built from the boxes directly (an axis-aligned box's grid
-is separable: two vectors broadcast, no ``affine_grid``), with the K boxes of an image stacked
+is linear in the box: one matrix product, no ``affine_grid``), with the K boxes of an image stacked
 into one taller grid so that no image is copied. Anti-aliased ones are separable
 (``out = Wy @ image @ Wx^T`` with sparse triangle-filter matrices built from the boxes, see
 :mod:`stn.ops._taps`, :mod:`stn.ops._separable`); while tracing, exporting or compiling, with dense matrices.
@@ -155,8 +155,7 @@ def glimpse(
         # (no reshapes that change nothing: each is an autograd node, and few glimpses of large
         # images take little more time than such overhead)
         src, pos = images.to(flat.dtype), flat if len(lead) == 1 else flat.reshape(*lead, 4)
-        box_grid = _BoxGrid.apply if engine == "grid" else _box_grid  # traced: plain ops
-        make_grid = functools.partial(box_grid, image_size=(height, width))
+        make_grid = functools.partial(_box_grid, image_size=(height, width), cached=engine == "grid")
         fill_src = None if fill is None else fill.to(src.dtype)
         out = sample_grids(
             src, pos, idx if indices is not None else None, lead, make_grid, (h, w), padding_mode, fill_src
@@ -195,68 +194,44 @@ def _engine(images: Tensor, antialias: bool) -> str:
     return "taps" if images.device.type != "cpu" and torch.are_deterministic_algorithms_enabled() else "grid"
 
 
-def _box_grid(boxes: Tensor, size: Tuple[int, int], image_size: Tuple[int, int], consts=None) -> Tensor:
+def _box_grid(boxes: Tensor, size: Tuple[int, int], image_size: Tuple[int, int], cached: bool = True) -> Tensor:
     """(M, h, w, 2) ``grid_sample`` grid (``align_corners=False``) of (M, 4) pixel boxes.
 
-    Separable: x depends on the column only and y on the row only, so it is two (M, w) and
-    (M, h) vectors broadcast, not ``affine_grid``'s matrix product per point; both axes are
-    computed at once, as (M, 2, max(h, w)). ``consts``: :func:`_grid_constants` (cached in eager).
+    The grid is linear in the box: ``grid = boxes @ D + offset`` with a constant (4, h*w*2)
+    derivative ``D`` (:func:`_grid_matrix`), so forward is one matrix product and autograd's
+    backward another, instead of ``affine_grid``'s product per point or a dozen broadcast ops
+    (whose autograd overhead was a good part of the time of a large image's few glimpses).
+    ``cached``: reuse the constants (eager); tracing and export build them in the graph.
     """
     h, w = size
-    centres, counts, scales, _ = consts or _grid_constants.__wrapped__(
-        size, image_size, boxes.dtype, boxes.device
-    )
-    lo, hi = boxes[:, :2, None], boxes[:, 2:, None]  # (M, 2, 1): x then y
-    # A sample meant to sit exactly on a pixel centre (every one of an integer box at the image's
-    # own size: the usual initial box) is a kink; grid_sample's rounding would put it a hair to
-    # either side, so that the gradient depended on the kernel (eager, compiled, CUDA). Moving
-    # every sample 2 eps right/down in the normalized grid (above that rounding; values change by
-    # eps * size times a pixel step) gives the derivative from the right, as the tap engine does.
-    nudge = 1 - 2 * torch.finfo(boxes.dtype).eps  # g = 2 x / W - 1 + 2 eps
-    g = torch.addcmul(lo, centres, (hi - lo) / counts).mul_(scales).sub_(nudge)  # (M, 2, L)
-    m = boxes.shape[0]
-    gx, gy = g[:, 0, None, :w].expand(m, h, w), g[:, 1, :h, None].expand(m, h, w)
-    return torch.stack([gx, gy], dim=-1)
+    make = _grid_matrix if cached else _grid_matrix.__wrapped__
+    deriv, offset = make(size, image_size, boxes.dtype, boxes.device)
+    # float32 boxes give a float32 grid also under autocast: grid_sample needs the images' dtype.
+    with torch.autocast(boxes.device.type, enabled=False):
+        return torch.addmm(offset, boxes, deriv).view(boxes.shape[0], h, w, 2)
 
 
 @functools.lru_cache(maxsize=64)
-def _grid_constants(size: Tuple[int, int], image_size: Tuple[int, int], dtype, device):
-    """Constants of :func:`_box_grid` for ``L = max(h, w)``: pixel centres ``j + 0.5`` (2, L) of
-    the glimpse's columns and rows, their counts (2, 1) and normalizers ``2 / W``, ``2 / H``
-    (2, 1), and the grid's derivative (2, L, 4) w.r.t. the box: x of column j, then y of row i
-    (entries past w or h are not used)."""
-    (h, w), (height, width) = size, image_size
-    length = max(h, w)
-    centres = torch.arange(length, dtype=dtype, device=device).expand(2, length) + 0.5
-    counts = torch.tensor([[w], [h]], dtype=dtype, device=device)
-    scales = torch.tensor([[2 / width], [2 / height]], dtype=dtype, device=device)
-    # g = (lo + f * (hi - lo)) * scale - nudge, f = (j + 0.5) / count: dg/dlo = (1 - f) * scale,
-    # dg/dhi = f * scale.
-    f = centres / counts
-    deriv = torch.zeros(2, length, 4, dtype=dtype, device=device)
-    for axis in (0, 1):
-        deriv[axis, :, axis] = (1 - f[axis]) * scales[axis]
-        deriv[axis, :, axis + 2] = f[axis] * scales[axis]
-    return centres, counts, scales, deriv
+def _grid_matrix(size: Tuple[int, int], image_size: Tuple[int, int], dtype, device) -> Tuple[Tensor, Tensor]:
+    """Constants of :func:`_box_grid`: the derivative (4, h*w*2) of the flattened grid w.r.t. the
+    box (x1, y1, x2, y2) and the offset (h*w*2,).
 
-
-class _BoxGrid(torch.autograd.Function):
-    """:func:`_box_grid` with an analytic backward: the grid's gradient (M, h, w, 2) summed to
-    columns (M, w) and rows (M, h), then two products with the grid's derivative, instead of
-    autograd through a dozen broadcast ops (their overhead was a good part of the time of a large
-    image's few glimpses).
-    Eager only (the constants are cached)."""
-
-    @staticmethod
-    def forward(ctx, boxes, size, image_size):  # type: ignore[override]
-        ctx.consts = _grid_constants(size, image_size, boxes.dtype, boxes.device)
-        return _box_grid(boxes, size, image_size, ctx.consts)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
-        m, h, w, _ = grad.shape
-        deriv = ctx.consts[3].to(grad.dtype)
-        # dL/dx of each column (M, w) and dL/dy of each row (M, h), times the grid's derivative
-        out = torch.mm(grad[..., 0].sum(1), deriv[0, :w])
-        return torch.addmm(out, grad[..., 1].sum(2), deriv[1, :h]), None, None
+    Column j samples ``x = x1 + f (x2 - x1)``, ``f = (j + 0.5) / w``, normalized ``2 x / W - 1``
+    (rows alike), so ``dgx/dx1 = (1 - f) 2 / W`` and ``dgx/dx2 = f 2 / W``.
+    """
+    with torch.inference_mode(False):  # cached tensors must be usable outside inference mode too
+        (h, w), (height, width) = size, image_size
+        fx = (torch.arange(w, dtype=torch.float64) + 0.5) / w
+        fy = (torch.arange(h, dtype=torch.float64) + 0.5) / h
+        deriv = torch.zeros(4, h, w, 2, dtype=torch.float64)
+        deriv[0, :, :, 0] = (1 - fx) * (2 / width)
+        deriv[2, :, :, 0] = fx * (2 / width)
+        deriv[1, :, :, 1] = ((1 - fy) * (2 / height))[:, None]
+        deriv[3, :, :, 1] = (fy * (2 / height))[:, None]
+        # A sample meant to sit exactly on a pixel centre (every one of an integer box at the
+        # image's own size: the usual initial box) is a kink; grid_sample's rounding would put it
+        # a hair to either side, so that the gradient depended on the kernel (eager, compiled,
+        # CUDA). Moving every sample 2 eps right/down (above that rounding; values change by
+        # eps * size times a pixel step) gives the derivative from the right, as the tap engine does.
+        offset = torch.full((h * w * 2,), -(1 - 2 * torch.finfo(dtype).eps), dtype=torch.float64)
+        return deriv.reshape(4, -1).to(dtype=dtype, device=device), offset.to(dtype=dtype, device=device)

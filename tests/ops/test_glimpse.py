@@ -352,9 +352,10 @@ def test_code_paths_agree(antialias, glimpse_gen, make_boxes, all_glimpse_paths)
             out.backward(grad)
         results[name] = (out.detach(), i.grad, b.grad)
     ref = results["cpu-default"]
+    # box gradients: float32 sums over every sample (grid_sample's are 3e-5 off float64 here)
     for name, res in results.items():
-        for a, r in zip(res, ref):
-            torch.testing.assert_close(a, r, atol=2e-5, rtol=1e-5, msg=name)
+        for a, r, atol in zip(res, ref, (2e-5, 2e-5, 6e-5)):
+            torch.testing.assert_close(a, r, atol=atol, rtol=1e-5, msg=name)
 
 
 def test_backward_is_deterministic(glimpse_gen, make_boxes):
