@@ -194,7 +194,9 @@ def _engine(images: Tensor, antialias: bool) -> str:
     return "taps" if images.device.type != "cpu" and torch.are_deterministic_algorithms_enabled() else "grid"
 
 
-def _box_grid(boxes: Tensor, size: Tuple[int, int], image_size: Tuple[int, int], cached: bool = True) -> Tensor:
+def _box_grid(
+    boxes: Tensor, size: Tuple[int, int], image_size: Tuple[int, int], cached: bool = True
+) -> Tensor:
     """(M, h, w, 2) ``grid_sample`` grid (``align_corners=False``) of (M, 4) pixel boxes.
 
     The grid is linear in the box: ``grid = boxes @ D + offset`` with a constant (4, h*w*2)
