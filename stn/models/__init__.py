@@ -11,7 +11,7 @@ from .attention import AttentionModel
 from .backbones import CifarNet, DigitNet
 from .cnn import CNNModel
 from .glimpse_model import GlimpseModel
-from .localization import AffineHead, BoxHead, Localizer
+from .localization import AffineHead, BoxHead, BoxRefiner, Localizer
 from .multi_glimpse import MultiGlimpseModel
 from .strided_cnn import StridedCNN
 from .topk_glimpse import ScoreMap, TopKGlimpseModel
@@ -21,6 +21,7 @@ __all__ = [
     "AffineSTN",
     "AttentionModel",
     "BoxHead",
+    "BoxRefiner",
     "CifarNet",
     "CNNModel",
     "DigitNet",

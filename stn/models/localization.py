@@ -1,5 +1,6 @@
 """Where to look: a small CNN on a shrunken copy of the image, and heads that turn its features
-into a bounded box (``BoxHead``) or a free affine transform (``AffineHead``).
+into a bounded box (``BoxHead``) or a free affine transform (``AffineHead``); and a second, closer
+look that moves and resizes a box from a glimpse of it (``BoxRefiner``).
 
 Heads start at the identity: zero weights and a bias that gives the full image, so a freshly
 built model sees exactly what a plain classifier would and learns to move from there (STN paper,
@@ -8,6 +9,7 @@ section 4; the usual cure for a transformer that collapses early).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence, Union
 
@@ -19,7 +21,7 @@ from stn.ops._checks import Size2, check_int, check_size
 
 from .common import as_floats, as_ints, float32
 
-__all__ = ["Localizer", "BoxHead", "AffineHead"]
+__all__ = ["Localizer", "BoxHead", "BoxRefiner", "AffineHead"]
 
 
 class Localizer(nn.Module):
@@ -206,6 +208,73 @@ class BoxHead(nn.Module):
             f"image_size={self.image_size}, num_boxes={self.num_boxes}, scale=[{self.min_scale}, "
             f"{self.max_scale}], anisotropic={self.anisotropic}"
         )
+
+
+class BoxRefiner(nn.Module):
+    """Coarse to fine: a glimpse of a box -> the box moved and resized within bounds of itself.
+
+    The box localizer reads the whole image at low resolution, so its boxes are only as precise
+    as that copy. The refiner reads the glimpse of each box (at the glimpse's resolution, so a
+    box of 40 px read at 28x28 sees the object at 0.7x its full resolution, not at the localizer's
+    0.48x) and predicts raw ``(u, v, rx, ry)``: with centre ``c`` and size ``s`` of the box,
+
+        c' = c + max_shift * tanh(u, v) * s,    s' = s * max_zoom ** tanh(rx, ry)
+
+    so the new box stays within ``max_shift`` box sizes of the old centre and within
+    ``1 / max_zoom .. max_zoom`` of its size. Zero-initialized weights and bias: it starts as the
+    identity. The result depends on the box through both terms, so the glimpse's gradient reaches
+    the coarse box too.
+
+    Built as ``BoxRefiner(in_channels=C, glimpse_size=(h, w))`` with ``localizer`` a factory like
+    :class:`Localizer` (built on the glimpse: ``localizer(in_channels=C, image_size=(h, w))``).
+
+    Args:
+        localizer: the CNN on the glimpses; default :class:`Localizer` at full glimpse resolution.
+        max_shift: the largest move of the centre, as a fraction of the box size; > 0.
+        max_zoom: the largest change of the size, a factor > 1 either way.
+        in_channels, glimpse_size: of the glimpses it reads.
+
+    Shape:
+        ``forward(glimpses, boxes)``: glimpses (N, C, h, w) normalized, boxes (N, 4) pixel
+        ``(x1, y1, x2, y2)`` -> (N, 4) float32 pixel boxes.
+    """
+
+    def __init__(
+        self,
+        localizer=None,
+        max_shift: float = 0.5,
+        max_zoom: float = 2.0,
+        *,
+        in_channels: int = 1,
+        glimpse_size: Size2 = (28, 28),
+    ):
+        super().__init__()
+        if not max_shift > 0:
+            raise ValueError(f"max_shift must be > 0 (a fraction of the box size), got {max_shift!r}")
+        if not max_zoom > 1:
+            raise ValueError(f"max_zoom must be > 1 (a factor either way), got {max_zoom!r}")
+        self.max_shift, self.log_zoom = float(max_shift), math.log(max_zoom)
+        size = check_size(glimpse_size, "glimpse_size")
+        if localizer is None:
+            localizer = functools.partial(Localizer, pool_size=None)
+        self.localizer = localizer(in_channels=in_channels, image_size=size)
+        self.linear = nn.Linear(self.localizer.feature_dim, 4)
+        with torch.no_grad():
+            self.linear.weight.zero_()
+            self.linear.bias.zero_()
+
+    def forward(self, glimpses: Tensor, boxes: Tensor) -> Tensor:
+        feats = self.localizer(glimpses)
+        with float32(feats):
+            raw = torch.tanh(self.linear(feats.float()))
+        boxes = boxes.float()
+        centre, size = (boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]
+        centre = centre + self.max_shift * raw[..., :2] * size
+        half = size * torch.exp(self.log_zoom * raw[..., 2:]) / 2
+        return torch.cat([centre - half, centre + half], dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"max_shift={self.max_shift}, max_zoom={math.exp(self.log_zoom):.3g}"
 
 
 class AffineHead(nn.Module):

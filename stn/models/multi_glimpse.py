@@ -37,11 +37,16 @@ class MultiGlimpseModel(GlimpseModel):
     a random fraction p of the training images (their normalized input is 0, the mean), so for
     those the box alone must carry the class, while the evaluation sees every level.
 
+    Coarse to fine: with a ``refiner`` the boxes the localizer predicts from the shrunken image
+    are first looked at (their retina), and the refiner moves and resizes each from that closer
+    view before the classifier's look; both looks are differentiable in the box.
+
     Sub-modules are factories completed here with shape information (Hydra ``_partial_: true``)::
 
         localizer(in_channels=C, image_size=(H, W))                 -> .feature_dim
         box_head(in_features=localizer.feature_dim, image_size=(H, W), num_boxes=G)
         classifier(in_channels=C * len(retina_scales), num_classes=None, input_size=glimpse_size)
+        refiner(in_channels=C * len(retina_scales), glimpse_size=glimpse_size)   # optional
 
     The classifier is built without its head (``num_classes=None``) and must provide
     ``features(x) -> (N, feature_dim)`` and ``feature_dim`` (as :class:`DigitNet` and
@@ -63,10 +68,15 @@ class MultiGlimpseModel(GlimpseModel):
         padding_mode, fill: sampling outside the image (see :func:`stn.ops.glimpse`).
         context_dropout: in training, the probability that an image's outer retina levels are
             blanked (all its glimpses together); in [0, 1), 0 = off.
+        refiner: None, or a factory of a second, closer look (:class:`BoxRefiner`):
+            ``refiner(in_channels=C * len(retina_scales), glimpse_size=(h, w))`` reads the retina
+            of each predicted box (normalized, never context-dropped) and moves and resizes the
+            box; the classifier then reads the retina of the refined box.
         in_channels, num_classes, image_size, mean, std: from the data.
 
     Returns from ``forward(images)`` with images (B, C, H, W) in [0, 1]:
-        ``"logits"`` (B, K); ``"boxes"`` (B, G, 4) pixel boxes (the scale-1 level);
+        ``"logits"`` (B, K); ``"boxes"`` (B, G, 4) pixel boxes (the scale-1 level; refined, with
+        a refiner, and then also ``"coarse_boxes"`` (B, G, 4), the box head's);
         ``"glimpses"`` (B, G, C, h, w) unnormalized scale-1 glimpses; with more than one retina
         level also ``"retina"`` (B, G, S, C, h, w), all levels, unnormalized.
     """
@@ -84,6 +94,7 @@ class MultiGlimpseModel(GlimpseModel):
         padding_mode: str = "zeros",
         fill: Fill = 0.0,
         context_dropout: float = 0.0,
+        refiner: Optional[Callable[..., nn.Module]] = None,
         *,
         in_channels: int = 1,
         num_classes: int = 10,
@@ -129,6 +140,11 @@ class MultiGlimpseModel(GlimpseModel):
             )
         dim = self.classifier.feature_dim
         self.head = nn.Linear(dim * g if self.fusion == "concat" else dim, num_classes)
+        self.refiner = (
+            None
+            if refiner is None
+            else refiner(in_channels=in_channels * len(scales), glimpse_size=self.glimpse_size)
+        )
         if self.fusion == "mean" and g > 1:
             self._check_distinct_init()
 
@@ -145,19 +161,18 @@ class MultiGlimpseModel(GlimpseModel):
             )
 
     def localization_parameters(self) -> list:
-        """Parameters of the localizer and the box head (for their own learning rate)."""
-        return list(self.localizer.parameters()) + list(self.box_head.parameters())
+        """Parameters of the localizer, the box head and the refiner (for their own learning rate)."""
+        refiner = [] if self.refiner is None else list(self.refiner.parameters())
+        return list(self.localizer.parameters()) + list(self.box_head.parameters()) + refiner
 
-    def forward(self, images: Tensor) -> Dict[str, Tensor]:
-        self.check_input(images)
-        b, c = images.shape[:2]
-        g, s = self.num_glimpses, len(self.retina_scales)
-        h, w = self.glimpse_size
-        boxes = self.box_head(self.localizer(self.normalize(images))).reshape(b, g, 4)
+    def _look(self, images: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """boxes (B, G, 4) -> the scale-1 glimpses (B, G, C, h, w) and all retina levels
+        (B, G, S, C, h, w), unnormalized, sampled in float32."""
+        b, g, c = boxes.shape[0], self.num_glimpses, images.shape[1]
+        s, (h, w) = len(self.retina_scales), self.glimpse_size
         opts = dict(padding_mode=self.padding_mode, fill=self.fill)
         with float32(images):  # sampling in float32 also under mixed precision
             glimpses = ops.glimpse(images.float(), boxes, self.glimpse_size, antialias=self.antialias, **opts)
-            out = {"boxes": boxes, "glimpses": glimpses}
             x = glimpses.unsqueeze(2)  # (B, G, 1, C, h, w)
             if s > 1:
                 centre = (boxes[..., :2] + boxes[..., 2:]) / 2
@@ -167,7 +182,24 @@ class MultiGlimpseModel(GlimpseModel):
                 outer = torch.cat([c_ - h_, c_ + h_], dim=-1).reshape(b, g * (s - 1), 4)
                 wide = ops.glimpse(images.float(), outer, self.glimpse_size, antialias=True, **opts)
                 x = torch.cat([x, wide.reshape(b, g, s - 1, c, h, w)], dim=2)
-                out["retina"] = x
+        return glimpses, x
+
+    def forward(self, images: Tensor) -> Dict[str, Tensor]:
+        self.check_input(images)
+        b, c = images.shape[:2]
+        g, s = self.num_glimpses, len(self.retina_scales)
+        h, w = self.glimpse_size
+        boxes = self.box_head(self.localizer(self.normalize(images))).reshape(b, g, 4)
+        out = {}
+        if self.refiner is not None:
+            _, coarse = self._look(images, boxes)
+            coarse = self.normalize(coarse).reshape(b * g, s * c, h, w)
+            out["coarse_boxes"] = boxes
+            boxes = self.refiner(coarse, boxes.reshape(b * g, 4)).reshape(b, g, 4)
+        glimpses, x = self._look(images, boxes)
+        out.update(boxes=boxes, glimpses=glimpses)
+        if s > 1:
+            out["retina"] = x
         x = self.normalize(x)
         if self.training and self.context_dropout > 0:
             keep = torch.rand(b, 1, 1, 1, 1, 1, device=x.device) >= self.context_dropout

@@ -15,6 +15,7 @@ from stn.models import (
     AffineSTN,
     AttentionModel,
     BoxHead,
+    BoxRefiner,
     CifarNet,
     CNNModel,
     DigitNet,
@@ -250,6 +251,68 @@ def test_multi_glimpse_mean_fusion_needs_distinct_starts():
     with pytest.raises(ValueError, match="never separate"):
         MultiGlimpseModel(num_glimpses=2, fusion="mean", **MNIST)
     MultiGlimpseModel(num_glimpses=1, fusion="mean", **MNIST)  # one glimpse is fine
+
+
+# -- coarse to fine ------------------------------------------------------------------------------
+
+
+def test_box_refiner_starts_as_the_identity_and_stays_within_its_bounds():
+    refiner = BoxRefiner(max_shift=0.25, max_zoom=1.5, in_channels=2, glimpse_size=(12, 12))
+    boxes = torch.tensor([[10.0, 20.0, 50.0, 40.0], [0.0, 0.0, 8.0, 16.0]])
+    x = torch.randn(2, 2, 12, 12)
+    torch.testing.assert_close(refiner(x, boxes), boxes)
+    with torch.no_grad():  # saturate the tanh both ways
+        refiner.linear.bias.copy_(torch.tensor([100.0, -100.0, 100.0, -100.0]))
+    out = refiner(x, boxes)
+    size, centre = boxes[:, 2:] - boxes[:, :2], (boxes[:, :2] + boxes[:, 2:]) / 2
+    new_size, new_centre = out[:, 2:] - out[:, :2], (out[:, :2] + out[:, 2:]) / 2
+    torch.testing.assert_close(new_centre - centre, size * torch.tensor([0.25, -0.25]))
+    torch.testing.assert_close(new_size / size, torch.tensor([1.5, 1 / 1.5]).expand(2, 2))
+
+
+def test_box_refiner_passes_gradients_to_the_box_and_the_glimpse():
+    refiner = BoxRefiner(in_channels=1, glimpse_size=(8, 8))
+    with torch.no_grad():
+        refiner.linear.weight.normal_()
+    boxes = torch.tensor([[4.0, 4.0, 20.0, 24.0]], requires_grad=True)
+    x = torch.randn(1, 1, 8, 8, requires_grad=True)
+    refiner(x, boxes).square().sum().backward()
+    assert boxes.grad.abs().min() > 0 and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kw,match", [({"max_shift": 0}, "max_shift"), ({"max_zoom": 1.0}, "max_zoom")])
+def test_box_refiner_bad_bounds(kw, match):
+    with pytest.raises(ValueError, match=match):
+        BoxRefiner(**kw)
+
+
+def test_multi_glimpse_refiner_reads_the_coarse_retina_then_the_classifier_reads_the_refined_one():
+    model = MultiGlimpseModel(
+        num_glimpses=2,
+        retina_scales=[1, 2],
+        glimpse_size=(10, 10),
+        box_head=lambda **kw: BoxHead(init_scale=[0.5, 0.8], **kw),
+        refiner=BoxRefiner,
+        **{**MNIST, "image_size": (40, 40)},
+    )
+    assert model.refiner.localizer.convs[0].in_channels == 2  # both retina levels
+    seen = []
+    model.refiner.localizer.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    x = images(b=3, h=40, w=40)
+    out = model(x)
+    torch.testing.assert_close(out["boxes"], out["coarse_boxes"])  # the identity at the start
+    with torch.no_grad():
+        model.refiner.linear.bias.copy_(torch.tensor([1.0, 0.0, -1.0, -1.0]))
+    out = model(x)
+    coarse = model._look(x, out["coarse_boxes"])[1]
+    torch.testing.assert_close(seen[-1], model.normalize(coarse).reshape(6, 2, 10, 10))
+    size = lambda b: b[..., 2:] - b[..., :2]  # noqa: E731
+    assert (size(out["boxes"]) < size(out["coarse_boxes"])).all()
+    torch.testing.assert_close(out["retina"], model._look(x, out["boxes"])[1])
+    out["logits"].sum().backward()
+    assert model.box_head.linear.weight.grad.abs().sum() > 0
+    assert model.refiner.linear.weight.grad.abs().sum() > 0
+    assert {id(p) for p in model.refiner.parameters()} <= {id(p) for p in model.localization_parameters()}
 
 
 # -- backbones ------------------------------------------------------------------------------------
