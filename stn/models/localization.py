@@ -218,21 +218,24 @@ class BoxRefiner(nn.Module):
     box of 40 px read at 28x28 sees the object at 0.7x its full resolution, not at the localizer's
     0.48x) and predicts raw ``(u, v, rx, ry)``: with centre ``c`` and size ``s`` of the box,
 
-        c' = c + max_shift * tanh(u, v) * s,    s' = s * max_zoom ** tanh(rx, ry)
+        c' = c + max_shift * tanh(u, v) * s,    s' = max(s * max_zoom ** tanh(rx, ry), min_size)
 
-    so the new box stays within ``max_shift`` box sizes of the old centre and within
-    ``1 / max_zoom .. max_zoom`` of its size. Zero-initialized weights and bias: it starts as the
-    identity. The result depends on the box through both terms, so the glimpse's gradient reaches
-    the coarse box too.
+    so the new box stays within ``max_shift`` box sizes of the old centre, within
+    ``1 / max_zoom .. max_zoom`` of its size and no smaller than ``min_size`` (the box head's
+    smallest box: a box shrunk below the object sees nothing that could pull it back).
+    Zero-initialized weights and bias: it starts as the identity. The result depends on the box
+    through both terms, so the glimpse's gradient reaches the coarse box too.
 
-    Built as ``BoxRefiner(in_channels=C, glimpse_size=(h, w))`` with ``localizer`` a factory like
-    :class:`Localizer` (built on the glimpse: ``localizer(in_channels=C, image_size=(h, w))``).
+    Built as ``BoxRefiner(in_channels=C, glimpse_size=(h, w), min_size=(w, h) or None)`` with
+    ``localizer`` a factory like :class:`Localizer` (built on the glimpse:
+    ``localizer(in_channels=C, image_size=(h, w))``).
 
     Args:
         localizer: the CNN on the glimpses; default :class:`Localizer` at full glimpse resolution.
         max_shift: the largest move of the centre, as a fraction of the box size; > 0.
         max_zoom: the largest change of the size, a factor > 1 either way.
         in_channels, glimpse_size: of the glimpses it reads.
+        min_size: (width, height) in pixels the refined box never goes below; None: no floor.
 
     Shape:
         ``forward(glimpses, boxes)``: glimpses (N, C, h, w) normalized, boxes (N, 4) pixel
@@ -247,6 +250,7 @@ class BoxRefiner(nn.Module):
         *,
         in_channels: int = 1,
         glimpse_size: Size2 = (28, 28),
+        min_size: Optional[Sequence[float]] = None,
     ):
         super().__init__()
         if not max_shift > 0:
@@ -262,6 +266,10 @@ class BoxRefiner(nn.Module):
         with torch.no_grad():
             self.linear.weight.zero_()
             self.linear.bias.zero_()
+        floor = torch.zeros(2) if min_size is None else torch.tensor(as_floats(min_size, "min_size"))
+        if floor.shape != (2,) or (floor < 0).any():
+            raise ValueError(f"min_size must be a (width, height) pair of pixels >= 0, got {min_size!r}")
+        self.register_buffer("min_half", floor / 2, persistent=False)
 
     def forward(self, glimpses: Tensor, boxes: Tensor) -> Tensor:
         feats = self.localizer(glimpses)
@@ -270,7 +278,7 @@ class BoxRefiner(nn.Module):
         boxes = boxes.float()
         centre, size = (boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]
         centre = centre + self.max_shift * raw[..., :2] * size
-        half = size * torch.exp(self.log_zoom * raw[..., 2:]) / 2
+        half = torch.maximum(size * torch.exp(self.log_zoom * raw[..., 2:]) / 2, self.min_half)
         return torch.cat([centre - half, centre + half], dim=-1)
 
     def extra_repr(self) -> str:

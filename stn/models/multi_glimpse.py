@@ -46,7 +46,7 @@ class MultiGlimpseModel(GlimpseModel):
         localizer(in_channels=C, image_size=(H, W))                 -> .feature_dim
         box_head(in_features=localizer.feature_dim, image_size=(H, W), num_boxes=G)
         classifier(in_channels=C * len(retina_scales), num_classes=None, input_size=glimpse_size)
-        refiner(in_channels=C * len(retina_scales), glimpse_size=glimpse_size)   # optional
+        refiner(in_channels=C * len(retina_scales), glimpse_size=glimpse_size, min_size=...)  # optional
 
     The classifier is built without its head (``num_classes=None``) and must provide
     ``features(x) -> (N, feature_dim)`` and ``feature_dim`` (as :class:`DigitNet` and
@@ -69,9 +69,10 @@ class MultiGlimpseModel(GlimpseModel):
         context_dropout: in training, the probability that an image's outer retina levels are
             blanked (all its glimpses together); in [0, 1), 0 = off.
         refiner: None, or a factory of a second, closer look (:class:`BoxRefiner`):
-            ``refiner(in_channels=C * len(retina_scales), glimpse_size=(h, w))`` reads the retina
-            of each predicted box (normalized, never context-dropped) and moves and resizes the
-            box; the classifier then reads the retina of the refined box.
+            ``refiner(in_channels=C * len(retina_scales), glimpse_size=(h, w), min_size=(w, h))``
+            reads the retina of each predicted box (normalized, never context-dropped; not
+            differentiated w.r.t. the box) and moves and resizes the box, never below the box
+            head's ``min_scale`` of the image; the classifier then reads the retina of the refined box.
         in_channels, num_classes, image_size, mean, std: from the data.
 
     Returns from ``forward(images)`` with images (B, C, H, W) in [0, 1]:
@@ -140,11 +141,16 @@ class MultiGlimpseModel(GlimpseModel):
             )
         dim = self.classifier.feature_dim
         self.head = nn.Linear(dim * g if self.fusion == "concat" else dim, num_classes)
-        self.refiner = (
-            None
-            if refiner is None
-            else refiner(in_channels=in_channels * len(scales), glimpse_size=self.glimpse_size)
-        )
+        self.refiner = None
+        if refiner is not None:
+            smallest = getattr(self.box_head, "min_scale", None)
+            self.refiner = refiner(
+                in_channels=in_channels * len(scales),
+                glimpse_size=self.glimpse_size,
+                min_size=None
+                if smallest is None
+                else [smallest * self.image_size[1], smallest * self.image_size[0]],
+            )
         if self.fusion == "mean" and g > 1:
             self._check_distinct_init()
 
@@ -192,7 +198,9 @@ class MultiGlimpseModel(GlimpseModel):
         boxes = self.box_head(self.localizer(self.normalize(images))).reshape(b, g, 4)
         out = {}
         if self.refiner is not None:
-            _, coarse = self._look(images, boxes)
+            # the refiner's view is not differentiated w.r.t. the box: the coarse box learns from
+            # where the refined box lands, not from what would change the refiner's mind
+            _, coarse = self._look(images, boxes.detach())
             coarse = self.normalize(coarse).reshape(b * g, s * c, h, w)
             out["coarse_boxes"] = boxes
             boxes = self.refiner(coarse, boxes.reshape(b * g, 4)).reshape(b, g, 4)

@@ -280,7 +280,22 @@ def test_box_refiner_passes_gradients_to_the_box_and_the_glimpse():
     assert boxes.grad.abs().min() > 0 and x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("kw,match", [({"max_shift": 0}, "max_shift"), ({"max_zoom": 1.0}, "max_zoom")])
+def test_box_refiner_never_shrinks_a_box_below_min_size():
+    refiner = BoxRefiner(max_zoom=4.0, in_channels=1, glimpse_size=(8, 8), min_size=(6.0, 3.0))
+    with torch.no_grad():
+        refiner.linear.bias.copy_(torch.tensor([0.0, 0.0, -100.0, -100.0]))
+    out = refiner(torch.randn(1, 1, 8, 8), torch.tensor([[0.0, 0.0, 16.0, 16.0]]))
+    torch.testing.assert_close(out, torch.tensor([[5.0, 6.0, 11.0, 10.0]]))  # 4 x 4 floored to 6 x 3
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"max_shift": 0}, "max_shift"),
+        ({"max_zoom": 1.0}, "max_zoom"),
+        ({"min_size": (1.0, -1.0)}, "min_size"),
+    ],
+)
 def test_box_refiner_bad_bounds(kw, match):
     with pytest.raises(ValueError, match=match):
         BoxRefiner(**kw)
@@ -296,6 +311,7 @@ def test_multi_glimpse_refiner_reads_the_coarse_retina_then_the_classifier_reads
         **{**MNIST, "image_size": (40, 40)},
     )
     assert model.refiner.localizer.convs[0].in_channels == 2  # both retina levels
+    torch.testing.assert_close(model.refiner.min_half, torch.tensor([6.0, 6.0]))  # min_scale 0.3 of 40
     seen = []
     model.refiner.localizer.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
     x = images(b=3, h=40, w=40)
@@ -306,6 +322,7 @@ def test_multi_glimpse_refiner_reads_the_coarse_retina_then_the_classifier_reads
     out = model(x)
     coarse = model._look(x, out["coarse_boxes"])[1]
     torch.testing.assert_close(seen[-1], model.normalize(coarse).reshape(6, 2, 10, 10))
+    assert not seen[-1].requires_grad  # the refiner's view is not differentiated w.r.t. the box
     size = lambda b: b[..., 2:] - b[..., :2]  # noqa: E731
     assert (size(out["boxes"]) < size(out["coarse_boxes"])).all()
     torch.testing.assert_close(out["retina"], model._look(x, out["boxes"])[1])
