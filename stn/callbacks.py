@@ -135,6 +135,7 @@ class GlimpseImages(L.Callback):
                 nrow=self.nrow,
                 true_box_labels=batch.get("digit_labels") if "boxes" in batch else None,
                 max_side=self.max_side,
+                coarse_boxes=out.get("coarse_boxes"),
             )
         }
         if "glimpses" in out:

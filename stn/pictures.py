@@ -11,7 +11,8 @@ Colour convention, the same everywhere:
   label in pale green (:data:`OTHER_TRUE_COLOUR`);
 - predicted box and predicted class: red (:data:`PRED_COLOUR`); with K glimpses, glimpse k's box
   and the frame of its glimpse tiles in ``GLIMPSE_COLOURS[k]`` (glimpse 1 is red);
-- a red frame around a tile: its prediction is wrong.
+- a red frame around a tile: its prediction is wrong;
+- a coarse-to-fine model's first-look boxes (before refinement): grey (:data:`COARSE_COLOUR`).
 
 Boxes are ``(x1, y1, x2, y2)`` in pixels of the image they refer to (full image ``(0, 0, W, H)``);
 their outline is drawn one pixel outside the box's pixels, so it never covers what the box holds.
@@ -34,6 +35,7 @@ __all__ = [
     "TRUE_COLOUR",
     "PRED_COLOUR",
     "OTHER_TRUE_COLOUR",
+    "COARSE_COLOUR",
     "GLIMPSE_COLOURS",
     "glimpse_colour",
     "to_rgb",
@@ -48,6 +50,8 @@ TRUE_COLOUR: Colour = (0, 220, 0)
 PRED_COLOUR: Colour = (255, 40, 40)
 # true boxes of objects of another class than the image's label (not a glimpse colour)
 OTHER_TRUE_COLOUR: Colour = (170, 255, 170)
+# the first look of a coarse-to-fine model (the box before its refinement)
+COARSE_COLOUR: Colour = (150, 150, 150)
 # glimpse k's colour; the first is PRED_COLOUR, so a one-glimpse model's box is plain red
 GLIMPSE_COLOURS: Tuple[Colour, ...] = (
     PRED_COLOUR,
@@ -210,6 +214,7 @@ def box_tiles(
     scale: int = 1,
     true_box_labels: Optional[Tensor] = None,
     max_side: Optional[int] = None,
+    coarse_boxes: Optional[Tensor] = None,
 ) -> Tensor:
     """One tile per image: the image upscaled (or shrunk, see ``max_side``) with its boxes drawn,
     under a title strip with the classes, in a frame that is red when the prediction is wrong.
@@ -227,6 +232,8 @@ def box_tiles(
             image's label green, the others :data:`OTHER_TRUE_COLOUR`. Default: all green.
         max_side: draw the images at most this many pixels a side (:func:`fit`: the upscaling
             lowered, larger images shrunk with their boxes); None: at ``scale`` times their size.
+        coarse_boxes: (N, 4) or (N, K, 4) first-look pixel boxes of a coarse-to-fine model, grey,
+            under the others.
 
     Returns:
         (N, 3, T + h + 2*FRAME, w + 2*FRAME) uint8, T the title height (0 without labels), h x w
@@ -235,7 +242,11 @@ def box_tiles(
     images, scale, (fx, fy) = fit(images, scale, max_side)
     x = to_rgb(images, scale)
     n, _, height, width = x.shape
-    for name, value in (("pred_boxes", pred_boxes), ("true_boxes", true_boxes)):
+    for name, value in (
+        ("pred_boxes", pred_boxes),
+        ("true_boxes", true_boxes),
+        ("coarse_boxes", coarse_boxes),
+    ):
         if value is not None and (value.shape[0] != n or value.shape[-1] != 4):
             raise ValueError(f"{name} must be (N, 4) or (N, K, 4) with N={n}, got {tuple(value.shape)}")
     for name, value in (("pred_labels", pred_labels), ("true_labels", true_labels)):
@@ -255,6 +266,7 @@ def box_tiles(
     factor = torch.tensor([fx, fy, fx, fy])
     pred_boxes = None if pred_boxes is None else pred_boxes.detach().float().cpu() * factor
     true_boxes = None if true_boxes is None else true_boxes.detach().float().cpu() * factor
+    coarse_boxes = None if coarse_boxes is None else coarse_boxes.detach().float().cpu() * factor
 
     def name_of(label: Tensor) -> str:
         k = int(label)
@@ -264,6 +276,10 @@ def box_tiles(
     for i in range(n):
         tile = x[i]
         boxes, colours = [], []
+        if coarse_boxes is not None:
+            b, finite = _outlines(coarse_boxes[i], scale, height, width)
+            boxes.append(b)
+            colours += [COARSE_COLOUR] * int(finite.sum())
         if true_boxes is not None:
             b, finite = _outlines(true_boxes[i], scale, height, width)
             boxes.append(b)
@@ -300,6 +316,7 @@ def box_grid(
     legend: bool = True,
     true_box_labels: Optional[Tensor] = None,
     max_side: Optional[int] = None,
+    coarse_boxes: Optional[Tensor] = None,
 ) -> Tensor:
     """:func:`box_tiles` laid out in rows of ``nrow`` (``PADDING`` px between tiles), with a legend
     strip underneath naming the colours of what is drawn.
@@ -317,6 +334,7 @@ def box_grid(
         scale,
         true_box_labels,
         max_side,
+        coarse_boxes,
     )
     grid = _grid(tiles, nrow)
     if not legend:
@@ -329,6 +347,8 @@ def box_grid(
         (f"glimpse {k + 1} box", TEXT_COLOUR, glimpse_colour(k))
         for k in range(glimpses if glimpses > 1 else 0)
     ]
+    if coarse_boxes is not None:
+        items.append(("first look (before refinement)", TEXT_COLOUR, COARSE_COLOUR))
     if true_boxes is not None and true_box_labels is not None:
         items.append(("true box of the label's class", TEXT_COLOUR, TRUE_COLOUR))
         items.append(("true box of another class", TEXT_COLOUR, OTHER_TRUE_COLOUR))

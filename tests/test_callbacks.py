@@ -141,3 +141,18 @@ def test_megapixel_boxes_show_every_glimpse_and_every_true_box_shrunk(tiny_mnist
             y, left, right = round(1300 * f - 1), round((100 + 400 * k) * f - 1), round((160 + 400 * k) * f)
             assert (canvas[:, y, left : right + 1] == colour[:, None]).all(0).all(), k
     assert drawn["glimpses"].shape[1] > 2 * 32 * 4  # two rows of three 4x upscaled glimpses
+
+
+def test_a_coarse_to_fine_model_shows_its_first_look_under_the_refined_box():
+    from stn.models import BoxRefiner, MultiGlimpseModel
+    from stn.pictures import box_grid
+
+    model = MultiGlimpseModel(num_glimpses=1, retina_scales=[1, 2], refiner=BoxRefiner, image_size=(28, 28))
+    with torch.no_grad():
+        model.refiner.linear.bias.copy_(torch.tensor([0.0, 0.0, -100.0, -100.0]))  # half the size
+    batch = {"image": torch.rand(2, 1, 28, 28), "label": torch.tensor([1, 2])}
+    drawn = GlimpseImages(num_images=2, nrow=2).draw(model, batch)["boxes"]
+    out = model.eval()(batch["image"])
+    kw = dict(pred_labels=out["logits"].argmax(-1), true_labels=batch["label"], scale=4, nrow=2, max_side=512)
+    assert torch.equal(drawn, box_grid(batch["image"], out["boxes"], coarse_boxes=out["coarse_boxes"], **kw))
+    assert not torch.equal(drawn, box_grid(batch["image"], out["boxes"], **kw))

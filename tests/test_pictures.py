@@ -170,3 +170,17 @@ def test_true_boxes_of_other_classes_are_pale_green_and_named_in_the_legend():
     assert colour_mask(legend, pictures.OTHER_TRUE_COLOUR).any()  # its swatch in the legend
     with pytest.raises(ValueError, match="true_box_labels needs true_boxes and true_labels"):
         box_tiles(image, true_boxes=boxes, true_box_labels=torch.tensor([[3, 5]]))
+
+
+def test_first_look_boxes_are_grey_under_the_refined_ones_and_named_in_the_legend():
+    image = torch.zeros(1, 1, 20, 20)
+    coarse, refined = torch.tensor([[1.0, 1.0, 19.0, 19.0]]), torch.tensor([[5.0, 5.0, 12.0, 12.0]])
+    tile = box_tiles(image, pred_boxes=refined, coarse_boxes=coarse)[0, :, FRAME:-FRAME, FRAME:-FRAME]
+    assert bbox_of(colour_mask(tile, pictures.COARSE_COLOUR)) == (0, 0, 19, 19)
+    assert bbox_of(colour_mask(tile, PRED_COLOUR)) == (4, 4, 12, 12)
+    kw = dict(pred_boxes=refined, coarse_boxes=coarse)
+    legend = box_grid(image, **kw)[:, box_grid(image, legend=False, **kw).shape[1] :]
+    assert colour_mask(legend, pictures.COARSE_COLOUR).any()
+    assert not colour_mask(box_grid(image, pred_boxes=refined), pictures.COARSE_COLOUR).any()
+    with pytest.raises(ValueError, match="coarse_boxes"):
+        box_tiles(image, coarse_boxes=torch.zeros(2, 4))
