@@ -18,7 +18,7 @@ from stn import load_model
 from stn.convert import Preprocess
 from stn.export import ExportModule, export, export_task, run_exported
 from stn.inference import TrainedModel
-from stn.models import CNNModel, MultiGlimpseModel, ScoreMap, TopKGlimpseModel
+from stn.models import BoxRefiner, CNNModel, MultiGlimpseModel, ScoreMap, TopKGlimpseModel
 from stn.validation import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,8 +82,12 @@ def test_torchscript_matches_the_checkpoint(mnist_ckpt, digit, tmp_path):
 
 @pytest.mark.parametrize(
     "make",
-    [CNNModel, lambda **kw: MultiGlimpseModel(num_glimpses=2, **kw)],
-    ids=["cnn", "multi_glimpse"],
+    [
+        CNNModel,
+        lambda **kw: MultiGlimpseModel(num_glimpses=2, **kw),
+        lambda **kw: MultiGlimpseModel(num_glimpses=1, retina_scales=[1, 2], refiner=BoxRefiner, **kw),
+    ],
+    ids=["cnn", "multi_glimpse", "coarse_to_fine"],
 )
 def test_onnx_of_other_models(make, tmp_path):
     needs_onnx()
