@@ -39,7 +39,8 @@ class MultiGlimpseModel(GlimpseModel):
 
     Coarse to fine: with a ``refiner`` the boxes the localizer predicts from the shrunken image
     are first looked at (their retina), and the refiner moves and resizes each from that closer
-    view before the classifier's look; both looks are differentiable in the box.
+    view before the classifier's look; the refined box is differentiable in the first one (the
+    refiner's view of it is not).
 
     Sub-modules are factories completed here with shape information (Hydra ``_partial_: true``)::
 
