@@ -97,6 +97,7 @@ RULES: Dict[str, Tuple[Check, bool]] = {
     "module.box_loss_weight": (NONNEG, False),
     "module.box_area_weight": (NONNEG, False),
     "module.box_area_warmup": (UNIT, False),
+    "module.box_edge_weight": (NONNEG, False),
     "module.nonfinite_check_every": (POSITIVE_INT, False),
     "trainer.max_epochs": (EPOCHS, False),
     "trainer.min_epochs": (NONNEG_INT, True),
