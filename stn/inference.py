@@ -65,7 +65,7 @@ def build_model(model_cfg: Union[DictConfig, Mapping], info: Mapping[str, Sequen
     )
 
 
-def _saved_config(saved: Mapping) -> DictConfig:
+def saved_config(saved: Mapping) -> DictConfig:
     """The checkpoint's data/model/module sections with the keys their interpolations name
     (``paths.*``, ``seed``) filled in, so they resolve outside a Hydra run."""
     data_dir = os.environ.get("STN_DATA_DIR", "data")
@@ -195,7 +195,7 @@ def load_model(path: Union[str, Path], device: Union[str, torch.device] = "cpu")
     """
     where = OmegaConf.create({"ckpt_path": str(path)})
     checkpoint = read_checkpoint(where)
-    cfg = _saved_config(checkpoint["stn_config"])
+    cfg = saved_config(checkpoint["stn_config"])
     info = checkpoint.get("stn_data") or _infer_info(cfg, checkpoint)
     model = build_model(cfg.model, info)
     prefix = "model."  # the LightningModule's attribute holding the model

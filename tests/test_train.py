@@ -89,6 +89,25 @@ def test_train_checkpoints_best_and_last(trained):
     assert set(state["stn_config"]) == {"data", "model", "module"}
 
 
+def test_box_fit_benchmark_on_the_tested_checkpoint(trained, tiny_mnist_dir, monkeypatch, capsys):
+    out, _ = trained
+    monkeypatch.setenv("STN_DATA_DIR", str(tiny_mnist_dir))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import box_fit
+
+    ckpt = str(next((out / "checkpoints").glob("epoch_*.ckpt")))
+    rows = box_fit.fit(ckpt, batches=1)
+    assert rows.shape[1] == 4 and len(rows) > 0
+    correct, iou, cover, ratio = rows.unbind(1)
+    assert set(correct.tolist()) <= {0.0, 1.0}
+    assert ((iou >= 0) & (iou <= 1) & (cover <= 1 + 1e-6) & (ratio > 0)).all()
+    assert (cover >= iou - 1e-6).all()  # intersection / true area >= intersection / union
+    box_fit.main([ckpt, "--batches", "1"])
+    printed = capsys.readouterr().out
+    assert f"test images {len(rows)}, error {100 * (1 - correct.mean()):.2f}%" in printed
+    assert "| IoU <= 0.5 |" in printed
+
+
 def png(image_event) -> torch.Tensor:
     """(3, H, W) uint8 of a TensorBoard image event."""
     with Image.open(io.BytesIO(image_event.encoded_image_string)) as picture:
