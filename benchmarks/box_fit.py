@@ -15,7 +15,7 @@ import argparse
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from torchvision.ops import box_iou
+from torchvision.ops import box_area
 
 from stn.inference import load_model, saved_config
 from stn.validation import read_checkpoint
@@ -36,11 +36,11 @@ def fit(ckpt: str, batches: int = 0) -> torch.Tensor:
             out = model(batch["image"])
             boxes, true = out["boxes"].reshape(len(batch["image"]), -1, 4)[:, 0], batch["box"]
             correct = (out["logits"].argmax(-1) == batch["label"]).float()
-            inter = (torch.min(boxes[:, 2:], true[:, 2:]) - torch.max(boxes[:, :2], true[:, :2])).clamp(min=0)
-            true_area = (true[:, 2:] - true[:, :2]).prod(1)
-            cover = inter.prod(1) / true_area
-            ratio = (boxes[:, 2:] - boxes[:, :2]).prod(1).abs() / true_area
-            rows.append(torch.stack([correct, box_iou(boxes, true).diag(), cover, ratio], 1))
+            # each box with its own image's true box only (box_iou would pair every box with every box)
+            wh = (torch.min(boxes[:, 2:], true[:, 2:]) - torch.max(boxes[:, :2], true[:, :2])).clamp(min=0)
+            inter, area, true_area = wh.prod(1), box_area(boxes), box_area(true)
+            iou = inter / (area + true_area - inter)
+            rows.append(torch.stack([correct, iou, inter / true_area, area / true_area], 1))
     return torch.cat(rows)
 
 
