@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.ops import box_area
 
 from stn.metrics import BoxIoU, GlimpseHits
+from stn.validation import ConfigError
 
 
 def one_cycle(
@@ -132,6 +133,12 @@ class LitClassifier(L.LightningModule):
             raise ValueError(f"box_area_weight must be >= 0, got {box_area_weight}")
         if box_edge_weight < 0:
             raise ValueError(f"box_edge_weight must be >= 0, got {box_edge_weight}")
+        if box_edge_weight > 0 and not list(model.localization_parameters()):
+            # a config choice: train.py reports a ConfigError as one line, not a traceback
+            raise ConfigError(
+                f"module.box_edge_weight={box_edge_weight}: penalizes glimpse edges, and "
+                f"{type(model).__name__} takes no glimpses (set it to 0)"
+            )
         if not 0 <= box_area_warmup <= 1:
             raise ValueError(
                 f"box_area_warmup must be a fraction of training in [0, 1], got {box_area_warmup}"
@@ -178,10 +185,6 @@ class LitClassifier(L.LightningModule):
             area = box_area(out["boxes"].reshape(-1, 4)).abs() / (height * width)
             loss = loss + self.hparams.box_area_weight * self._warmup() * area.mean()
         if train and self.hparams.box_edge_weight > 0:
-            if "glimpses" not in out:
-                raise ValueError(
-                    f"box_edge_weight > 0 needs the model's glimpses; {type(self.model).__name__} has none"
-                )
             loss = (
                 loss + self.hparams.box_edge_weight * self._warmup() * edge_intensity(out["glimpses"]).mean()
             )

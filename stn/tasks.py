@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -60,7 +61,14 @@ def build(cfg: DictConfig) -> Tuple[TensorDataModule, L.LightningModule]:
     # (the mean and std of synthetic canvases or of an image folder), so set it up here, once.
     datamodule.setup()
     model = build_model(cfg.model, data_info(datamodule))
-    module = instantiate(cfg.module, model=model, num_classes=datamodule.num_classes)
+    try:
+        module = instantiate(cfg.module, model=model, num_classes=datamodule.num_classes)
+    except InstantiationException as err:
+        # Hydra wraps what the constructor raised; a ConfigError (a module setting that does not
+        # fit the model) stays the one-line user error it is
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise
     return datamodule, module
 
 

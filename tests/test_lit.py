@@ -85,9 +85,8 @@ def test_box_edge_penalty_moves_an_edge_off_a_bright_line():
 
 def test_box_edge_penalty_without_glimpses_is_a_clear_error():
     model = CNNModel(**MNIST)
-    lit = LitClassifier(model, 10, optimizer=torch.optim.Adam, box_edge_weight=1.0)
     with pytest.raises(ValueError, match="box_edge_weight"):
-        lit._shared_step(batch(), train=True)
+        LitClassifier(model, 10, optimizer=torch.optim.Adam, box_edge_weight=1.0)
 
 
 def test_box_area_penalty_shrinks_boxes():

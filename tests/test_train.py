@@ -22,6 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from stn import pictures
 from stn.tasks import RESULT_HEADER, build, evaluate, train
+from stn.validation import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = str(ROOT / "configs")
@@ -106,6 +107,17 @@ def test_box_fit_benchmark_on_the_tested_checkpoint(trained, tiny_mnist_dir, mon
     printed = capsys.readouterr().out
     assert f"test images {len(rows)}, error {100 * (1 - correct.mean()):.2f}%" in printed
     assert "| IoU <= 0.5 |" in printed
+
+
+def test_module_setting_that_does_not_fit_the_model_is_a_config_error(tmp_path, tiny_mnist_dir):
+    """Not Hydra's InstantiationException around it: train.py reports a ConfigError in one line."""
+    cfg = make_cfg(
+        "train",
+        tmp_path / "run",
+        FAST + [f"paths.data_dir={tiny_mnist_dir}", "model=cnn", "module.box_edge_weight=1.0"],
+    )
+    with pytest.raises(ConfigError, match="module.box_edge_weight=1.0: .*CNNModel takes no glimpses"):
+        build(cfg)
 
 
 def png(image_event) -> torch.Tensor:
