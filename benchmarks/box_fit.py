@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from torchvision.ops import box_area
 
 from stn.inference import load_model, saved_config
+from stn.metrics import paired_box_iou
 from stn.validation import read_checkpoint
 
 
@@ -36,11 +37,10 @@ def fit(ckpt: str, batches: int = 0) -> torch.Tensor:
             out = model(batch["image"])
             boxes, true = out["boxes"].reshape(len(batch["image"]), -1, 4)[:, 0], batch["box"]
             correct = (out["logits"].argmax(-1) == batch["label"]).float()
-            # each box with its own image's true box only (box_iou would pair every box with every box)
             wh = (torch.min(boxes[:, 2:], true[:, 2:]) - torch.max(boxes[:, :2], true[:, :2])).clamp(min=0)
-            inter, area, true_area = wh.prod(1), box_area(boxes), box_area(true)
-            iou = inter / (area + true_area - inter)
-            rows.append(torch.stack([correct, iou, inter / true_area, area / true_area], 1))
+            true_area = box_area(true)
+            cover, ratio = wh.prod(1) / true_area, box_area(boxes) / true_area
+            rows.append(torch.stack([correct, paired_box_iou(boxes, true), cover, ratio], 1))
     return torch.cat(rows)
 
 
